@@ -1,0 +1,347 @@
+"""The Genjo sampler: reverse masked diffusion (arXiv 2502.09992, Algorithm 4 and 5).
+
+The answer starts as ``gen_length`` masks after the prompt. It is split into blocks decoded left to
+right (one block = plain fixed-length diffusion; several = semi-autoregressive). Within a block,
+each step runs the mask predictor on the whole canvas, proposes a token for every masked slot, and
+commits a scheduled number of them: the most confident (``low_confidence``) or random ones
+(``random``). A committed token is never re-masked.
+
+    from generate import generate
+    out = generate(model, prompt_ids, steps=128, gen_length=128, block_length=32)
+    text = tokenizer.batch_decode(out[:, prompt_ids.shape[1]:], skip_special_tokens=True)
+"""
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+# Token ids of the published 8B vocabulary, used when the model config does not name its own.
+MASK_ID = 126336
+EOS_ID = 126081  # <|endoftext|>, also the padding token
+EOT_ID = 126348  # <|eot_id|>
+REMASKING = ("low_confidence", "random")
+CACHES = (None, "prefix", "dual")
+
+
+@dataclass
+class GenerationStats:
+    """Filled in place by ``generate(..., stats=GenerationStats())``; the return value never changes."""
+
+    nfe: int = 0  # forward calls (a CFG call counts once)
+    nfe_refresh: int = 0  # full-canvas forwards that (re)build a KV cache
+    nfe_block: int = 0  # cached forwards over the current block
+    committed_per_step: list[int] = field(default_factory=list)  # tokens committed per forward (all rows)
+    rows_early_stopped: int = 0
+    wall_time_s: float = 0.0
+    forward_time_s: dict[str, float] = field(default_factory=dict)  # per forward kind: full, refresh, block
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return sum(self.committed_per_step) / max(self.nfe, 1)
+
+
+@dataclass
+class StepInfo:
+    """What ``step_callback`` receives after every step. Tensors are (B, L + gen_length)."""
+
+    block: int  # block index
+    step: int  # step index within the block
+    prompt_length: int  # L: the answer starts at this column
+    canvas: torch.Tensor  # int64, after this step's commits
+    proposals: torch.Tensor  # int64, x0 at the eligible slots, the canvas elsewhere
+    confidence: torch.Tensor  # fp32, confidence at the eligible slots, -inf elsewhere
+    committed: torch.Tensor  # bool, slots committed by this step
+
+
+def add_gumbel_noise(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Noised logits whose argmax is a sample from softmax(logits / temperature).
+
+    Gumbel-max in float64: exp(logits) / (-log u)^T with u ~ U(0, 1), monotone in
+    logits / T + Gumbel noise. Low precision hurts sample quality (arXiv 2409.02908).
+    logits: (..., V) any float dtype. Returns float64 (or the logits unchanged when T == 0).
+    """
+    if temperature == 0:
+        return logits
+    logits = logits.to(torch.float64)
+    noise = torch.rand_like(logits, dtype=torch.float64)
+    gumbel_noise = (-torch.log(noise)) ** temperature
+    return logits.exp() / gumbel_noise
+
+
+def get_num_transfer_tokens(block_mask_index: torch.Tensor, steps: int) -> torch.Tensor:
+    """How many masks to commit at each step of a block: (B, steps) int64.
+
+    The linear noise schedule unmasks the same expected number of tokens per step, so each row's n
+    masks are spread as n // steps per step, plus one in the first n % steps steps
+    (10 masks over 4 steps: [3, 3, 2, 2]).
+    block_mask_index: (B, block_length) bool, the masked slots at the start of the block.
+    """
+    mask_num = block_mask_index.sum(dim=1, keepdim=True)  # (B, 1)
+    base = mask_num // steps
+    remainder = mask_num % steps
+    num_transfer_tokens = base.expand(-1, steps).clone()
+    num_transfer_tokens += torch.arange(steps, device=block_mask_index.device) < remainder
+    return num_transfer_tokens.to(torch.int64)
+
+
+def token_confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """softmax(logits)[tokens] in fp32, as exp(l[token] - logsumexp(l)).
+
+    logits: (..., V); tokens: (...) int64. Returns (...) float32.
+    """
+    logits = logits.float()
+    chosen = torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1)
+    return torch.exp(chosen - torch.logsumexp(logits, dim=-1))
+
+
+def commit_top_k(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Per row, the k[j] most confident slots: (B, N) bool.
+
+    Stable descending sort, so ties go to the lower column. Slots with confidence -inf (not
+    eligible) are never chosen. confidence: (B, N) fp32; k: (B,) int64.
+    """
+    order = torch.sort(confidence, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    return (rank < k.unsqueeze(-1)) & (confidence > -torch.inf)
+
+
+def parallel_commit_count(
+    confidence: torch.Tensor, threshold: Optional[float], factor: Optional[float]
+) -> torch.Tensor:
+    """How many slots a parallel-decoding step commits per row: (B,) int64.
+
+    confidence: (B, N) fp32, -inf where not eligible. The most confident eligible slot is always
+    committed (so every step makes progress), then:
+    - threshold tau: every other slot with confidence >= tau;
+    - factor f: sorted c(1) >= c(2) >= ..., rank n >= 2 passes while (n + 1)(1 - c(n)) < f; ranks
+      up to the first failure (excluded) are committed. When the first failure is the last rank it is
+      not committed either (the prior implementation committed it), so f -> 0 commits exactly one.
+    """
+    eligible = confidence > -torch.inf
+    if threshold is not None:
+        passes = eligible & (confidence >= threshold)
+        return torch.maximum(passes.sum(-1), eligible.any(-1).long())
+    sorted_conf = torch.sort(confidence, dim=-1, descending=True).values
+    rank = torch.arange(1, confidence.shape[-1] + 1, device=confidence.device)
+    passes = ((rank + 1) * (1 - sorted_conf) < factor) | (rank == 1)
+    passes &= sorted_conf > -torch.inf
+    return passes.long().cumprod(-1).sum(-1)
+
+
+def _config_id(model, name: str, fallback: int) -> int:
+    value = getattr(getattr(model, "config", None), name, None)
+    return fallback if value is None else int(value)
+
+
+def _validate(model, prompt, attention_mask, steps, gen_length, block_length, temperature, cfg_scale, remasking,
+              mask_id, threshold, factor, cache):  # fmt: skip
+    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.dtype != torch.long:
+        got = tuple(prompt.shape) if isinstance(prompt, torch.Tensor) else type(prompt).__name__
+        raise ValueError(f"prompt must be an int64 tensor of shape (batch, length); got {got}. "
+                         "For one prompt use torch.tensor(ids).unsqueeze(0).")  # fmt: skip
+    if prompt.shape[1] == 0:
+        raise ValueError("prompt is empty: give at least one token (e.g. the chat template's BOS).")
+    if gen_length <= 0 or block_length <= 0:
+        raise ValueError(f"gen_length ({gen_length}) and block_length ({block_length}) must be positive.")
+    if gen_length % block_length:
+        raise ValueError(f"gen_length ({gen_length}) must be a multiple of block_length ({block_length}); "
+                         f"e.g. block_length={gen_length} for a single block.")  # fmt: skip
+    num_blocks = gen_length // block_length
+    if threshold is None and factor is None and (steps <= 0 or steps % num_blocks):
+        raise ValueError(f"steps ({steps}) must be a positive multiple of the number of blocks "
+                         f"(gen_length / block_length = {num_blocks}).")  # fmt: skip
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking={remasking!r} is unknown; use one of {', '.join(REMASKING)}.")
+    if temperature < 0:
+        raise ValueError(f"temperature ({temperature}) must be >= 0 (0 = greedy).")
+    if cfg_scale < 0:
+        raise ValueError(f"cfg_scale ({cfg_scale}) must be >= 0 (0 = no classifier-free guidance).")
+    if threshold is not None and factor is not None:
+        raise ValueError("threshold and factor are exclusive parallel-decoding rules: pass one of them.")
+    if (threshold is not None or factor is not None) and remasking != "low_confidence":
+        raise ValueError("threshold/factor decoding ranks slots by confidence: use remasking='low_confidence'.")
+    if factor is not None and factor <= 0:
+        raise ValueError(f"factor ({factor}) must be > 0.")
+    if cache not in CACHES:
+        raise ValueError(f"cache={cache!r} is unknown; use None, 'prefix' or 'dual'.")
+    max_len = getattr(getattr(model, "config", None), "max_sequence_length", None)
+    if max_len is not None and prompt.shape[1] + gen_length > max_len:
+        raise ValueError(f"prompt length ({prompt.shape[1]}) + gen_length ({gen_length}) exceeds the model's "
+                         f"max_sequence_length ({max_len}); shorten the prompt or gen_length.")  # fmt: skip
+    if attention_mask is not None:
+        if attention_mask.shape != prompt.shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; it must match the "
+                             f"prompt's {tuple(prompt.shape)}.")  # fmt: skip
+        if bool((prompt[attention_mask == 0] == mask_id).any()):
+            raise ValueError(f"the padding id equals the mask id ({mask_id}): pad with the EOS token instead "
+                             "(tokenizer.pad_token_id), or the padding would be decoded as answer.")  # fmt: skip
+        if not bool(attention_mask.bool().any(dim=1).all()):
+            raise ValueError("a row of attention_mask is all zeros: every prompt needs at least one real token.")
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt: torch.Tensor,
+    attention_mask: Optional[torch.Tensor] = None,
+    steps: int = 128,
+    gen_length: int = 128,
+    block_length: int = 128,
+    temperature: float = 0.0,
+    cfg_scale: float = 0.0,
+    remasking: str = "low_confidence",
+    mask_id: Optional[int] = None,
+    logits_eos_inf: bool = False,
+    confidence_eos_eot_inf: bool = False,
+    *,
+    eos_id: Optional[int] = None,
+    eot_id: Optional[int] = None,
+    threshold: Optional[float] = None,
+    factor: Optional[float] = None,
+    cache: Optional[str] = None,
+    early_stop: bool = False,
+    stats: Optional[GenerationStats] = None,
+    step_callback: Optional[Callable[[StepInfo], None]] = None,
+) -> torch.Tensor:
+    """Sample an answer of gen_length tokens for each prompt by reverse masked diffusion.
+
+    Args:
+        model: a mask predictor returning ``.logits`` (B, T, V), e.g. GenjoModelLM.
+        prompt: (B, L) int64, left-padded when B > 1.
+        attention_mask: (B, L) of 1 (token) / 0 (padding), or None. Padding must not be the mask id.
+        steps: forward passes in all (steps / number of blocks per block). Ignored by threshold/factor.
+        gen_length: answer slots G. block_length: slots per block (G for one block).
+        temperature: 0 = greedy; > 0 samples by Gumbel-max in float64.
+        cfg_scale: unsupervised classifier-free guidance; the unconditional pass masks the prompt.
+        remasking: 'low_confidence' commits the most probable proposals, 'random' random ones.
+        mask_id, eos_id, eot_id: default to the model config's mask/eos/eot token ids.
+        logits_eos_inf: EOS is never proposed.
+        confidence_eos_eot_inf: EOS/EoT proposals are committed last (confidence 0).
+        threshold: parallel decoding, commit every slot with confidence >= threshold (at least one).
+        factor: parallel decoding by the factor rule (see parallel_commit_count).
+        cache: None, 'prefix' or 'dual' block-level KV cache (approximate; see SPEC 2.7).
+        early_stop: stop a row when everything after the current block start is proposed as EOS.
+        stats: a GenerationStats to fill in place. step_callback: called with a StepInfo after each step.
+
+    Returns:
+        (B, L + gen_length) int64 canvas on the prompt's device: the prompt, then the answer.
+    """
+    mask_id = _config_id(model, "mask_token_id", MASK_ID) if mask_id is None else mask_id
+    eos_id = _config_id(model, "eos_token_id", EOS_ID) if eos_id is None else eos_id
+    eot_id = _config_id(model, "eot_token_id", EOT_ID) if eot_id is None else eot_id
+    _validate(model, prompt, attention_mask, steps, gen_length, block_length, temperature, cfg_scale, remasking,
+              mask_id, threshold, factor, cache)  # fmt: skip
+    if cache is not None or early_stop:
+        raise NotImplementedError("cache and early_stop are not implemented yet.")
+    started = time.perf_counter()
+    stats = stats if stats is not None else GenerationStats()
+    parallel = threshold is not None or factor is not None
+
+    B, L = prompt.shape
+    x = torch.full((B, L + gen_length), mask_id, dtype=torch.long, device=prompt.device)
+    x[:, :L] = prompt
+    if attention_mask is not None:
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, gen_length)], dim=-1)
+    prompt_index = x != mask_id  # (B, T); what the unconditional CFG pass hides
+
+    def predict(canvas: torch.Tensor) -> torch.Tensor:
+        """CFG-combined logits (B, T, V) for the canvas."""
+        t0 = time.perf_counter()
+        if cfg_scale > 0:
+            uncond = torch.where(prompt_index, mask_id, canvas)
+            mask2 = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
+            cond_logits, uncond_logits = model(torch.cat([canvas, uncond]), attention_mask=mask2).logits.chunk(2)
+            logits = uncond_logits + (cfg_scale + 1) * (cond_logits - uncond_logits)
+        else:
+            logits = model(canvas, attention_mask=attention_mask).logits
+        stats.nfe += 1
+        stats.forward_time_s["full"] = stats.forward_time_s.get("full", 0.0) + time.perf_counter() - t0
+        return logits
+
+    num_blocks = gen_length // block_length
+    steps_per_block = steps // num_blocks
+    for block in range(num_blocks):
+        start, end = L + block * block_length, L + (block + 1) * block_length
+        schedule = None if parallel else get_num_transfer_tokens(x[:, start:end] == mask_id, steps_per_block)
+        step = 0
+        while bool((x[:, start:end] == mask_id).any()) if parallel else step < steps_per_block:
+            logits = predict(x)
+            if logits_eos_inf:
+                logits[..., eos_id] = -torch.inf
+            block_logits = logits[:, start:end]  # (B, block_length, V)
+            if parallel:
+                x0 = add_gumbel_noise(block_logits, temperature).argmax(dim=-1)  # (B, block_length)
+            else:  # noise over the whole canvas keeps the reference's random stream
+                x0 = add_gumbel_noise(logits, temperature)[:, start:end].argmax(dim=-1)
+            if confidence_eos_eot_inf:
+                block_logits = block_logits.clone()
+                block_logits[..., [eos_id, eot_id]] = -torch.inf
+            if remasking == "low_confidence":
+                confidence = token_confidence(block_logits, x0)
+            else:
+                confidence = torch.rand(x.shape, device=x.device)[:, start:end]
+            eligible = x[:, start:end] == mask_id  # columns < L and >= end are never eligible
+            confidence = torch.where(eligible, confidence, -torch.inf)
+
+            if parallel:
+                count = parallel_commit_count(confidence, threshold, factor)
+            else:
+                count = schedule[:, step]
+            commit = commit_top_k(confidence, count)
+            x[:, start:end][commit] = x0[commit]
+            stats.committed_per_step.append(int(commit.sum()))
+
+            if step_callback is not None:
+                full = torch.zeros_like(x, dtype=torch.bool)
+                full[:, start:end] = commit
+                proposals = x.clone()
+                proposals[:, start:end] = torch.where(eligible, x0, x[:, start:end])
+                conf_full = torch.full(x.shape, -torch.inf, device=x.device)
+                conf_full[:, start:end] = confidence
+                step_callback(StepInfo(block, step, L, x.clone(), proposals, conf_full, full))
+            step += 1
+
+    stats.wall_time_s += time.perf_counter() - started
+    return x
+
+
+DEMO_QUESTIONS = ["What is the capital of France?", "Sort: 7 3 9 1 4", "Reverse: alpha bravo charlie delta"]
+
+
+def main() -> None:
+    """Batch demo: three chat prompts, left-padded, decoded together."""
+    from genjo.loading import add_model_arguments, load_from_args
+
+    parser = add_model_arguments(argparse.ArgumentParser(description=main.__doc__))
+    parser.add_argument("--gen-length", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=128)
+    parser.add_argument("--block-length", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--question", action="append", help="a question (repeatable; default: three demo ones)")
+    args = parser.parse_args()
+
+    model, tokenizer = load_from_args(args)
+    tokenizer.padding_side = "left"
+    questions = args.question or DEMO_QUESTIONS
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+        for q in questions
+    ]
+    batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    prompt = batch["input_ids"].to(model.device)
+    attention_mask = batch["attention_mask"].to(model.device)
+    out = generate(model, prompt, attention_mask, steps=args.steps, gen_length=args.gen_length,
+                   block_length=args.block_length, temperature=args.temperature)  # fmt: skip
+    answers = tokenizer.batch_decode(out[:, prompt.shape[1] :], skip_special_tokens=True)
+    for question, answer in zip(questions, answers):
+        print(f"Q: {question}\nA: {answer}")
+        print("-" * 50)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""The sampler: token-exact against a literal transcription of the reference algorithm, and its invariants."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import EOS, EOT, MASK, tiny_model
+
+from generate import GenerationStats, add_gumbel_noise, generate, get_num_transfer_tokens
+
+
+@torch.no_grad()
+def reference_generate(model, prompt, steps, gen_length, block_length, cfg_scale=0.0,
+                       logits_eos_inf=False, confidence_eos_eot_inf=False):  # fmt: skip
+    """SPEC 2.3 at temperature 0, written plainly: per row, per step, a Python loop over candidates."""
+    B, L = prompt.shape
+    x = torch.full((B, L + gen_length), MASK, dtype=torch.long)
+    x[:, :L] = prompt
+    prompt_index = x != MASK
+    num_blocks = gen_length // block_length
+    spb = steps // num_blocks
+    for b in range(num_blocks):
+        s, e = L + b * block_length, L + (b + 1) * block_length
+        n_masks = (x[:, s:e] == MASK).sum(1).tolist()
+        for i in range(spb):
+            if cfg_scale > 0:
+                un = x.clone()
+                un[prompt_index] = MASK
+                cond, unc = model(torch.cat([x, un])).logits.chunk(2)
+                logits = unc + (cfg_scale + 1) * (cond - unc)
+            else:
+                logits = model(x).logits
+            if logits_eos_inf:
+                logits[:, :, EOS] = -torch.inf
+            x0 = logits.argmax(-1)
+            conf_logits = logits.clone().double()
+            if confidence_eos_eot_inf:
+                conf_logits[:, :, [EOS, EOT]] = -torch.inf
+            probs = F.softmax(conf_logits, dim=-1)
+            for j in range(B):
+                k = n_masks[j] // spb + (1 if i < n_masks[j] % spb else 0)
+                candidates = [c for c in range(L, e) if x[j, c] == MASK]
+                # most confident first; ties to the lower column
+                candidates.sort(key=lambda c: (-probs[j, c, x0[j, c]].item(), c))
+                for c in candidates[:k]:
+                    x[j, c] = x0[j, c]
+    return x
+
+
+PROMPT = torch.tensor([[0, 3, 17, 22, 9, 41], [0, 3, 30, 31, 12, 8]])
+
+
+@pytest.mark.parametrize(
+    "steps,gen_length,block_length,cfg,eos_inf,conf_inf",
+    [
+        (16, 16, 16, False, False, False),  # fixed length, one block
+        (8, 16, 16, False, False, False),  # two tokens per step
+        (16, 16, 4, False, False, False),  # semi-autoregressive
+        (12, 24, 8, 1.5, False, False),  # CFG, no attention mask
+        (16, 16, 8, 0.0, True, False),
+        (16, 16, 8, 0.0, False, True),
+        (12, 24, 6, 0.5, False, True),
+    ],
+)
+def test_matches_reference_at_temperature_zero(model, steps, gen_length, block_length, cfg, eos_inf, conf_inf):
+    kwargs = dict(logits_eos_inf=eos_inf, confidence_eos_eot_inf=conf_inf)
+    expected = reference_generate(model, PROMPT, steps, gen_length, block_length, cfg, **kwargs)
+    out = generate(
+        model, PROMPT, steps=steps, gen_length=gen_length, block_length=block_length, cfg_scale=cfg, **kwargs
+    )
+    assert torch.equal(out, expected)
+    assert len(set(out[:, PROMPT.shape[1] :].flatten().tolist())) > 2, "degenerate test: the model repeats one token"
+
+
+def test_num_transfer_tokens_schedule():
+    block_mask = torch.zeros(2, 12, dtype=torch.bool)
+    block_mask[0, :10] = True
+    block_mask[1, :3] = True
+    schedule = get_num_transfer_tokens(block_mask, 4)
+    assert schedule.tolist() == [[3, 3, 2, 2], [1, 1, 1, 0]] and schedule.dtype == torch.int64
+
+
+def test_gumbel_noise_is_float64_and_identity_at_zero():
+    logits = torch.randn(2, 3, 7)
+    assert add_gumbel_noise(logits, 0.0) is logits
+    noisy = add_gumbel_noise(logits, 0.7)
+    assert noisy.dtype == torch.float64 and noisy.shape == logits.shape
+
+
+@pytest.mark.parametrize("temperature,remasking", [(0.0, "low_confidence"), (1.0, "low_confidence"), (0.5, "random")])
+def test_invariants_seen_by_the_step_callback(model, temperature, remasking):
+    """The prompt never changes, commits stay in the block, nothing is re-masked, masks follow the schedule."""
+    torch.manual_seed(0)
+    steps, gen_length, block_length = 12, 24, 8
+    L = PROMPT.shape[1]
+    history = []
+    out = generate(model, PROMPT, steps=steps, gen_length=gen_length, block_length=block_length,
+                   temperature=temperature, remasking=remasking, step_callback=history.append)  # fmt: skip
+    assert len(history) == steps
+    previous = torch.cat([PROMPT, torch.full((2, gen_length), MASK)], dim=1)
+    for info in history:
+        canvas = info.canvas
+        assert torch.equal(canvas[:, :L], PROMPT)
+        start = L + info.block * block_length
+        outside = torch.ones(canvas.shape[1], dtype=torch.bool)
+        outside[start : start + block_length] = False
+        assert not info.committed[:, outside].any(), "committed outside the current block"
+        was_committed = previous != MASK
+        assert torch.equal(canvas[was_committed], previous[was_committed]), "a committed token changed"
+        assert torch.equal(info.committed, (previous == MASK) & (canvas != MASK))
+        # linear schedule: 8 masks over 4 steps per block -> 2 per step
+        masks_left = (canvas[:, start : start + block_length] == MASK).sum(1)
+        assert masks_left.tolist() == [block_length - 2 * (info.step + 1)] * 2
+        previous = canvas
+    assert torch.equal(out, history[-1].canvas) and not (out == MASK).any()
+
+
+def test_mask_ids_inside_the_prompt_are_never_committed(model):
+    prompt = torch.tensor([[0, 3, MASK, 22, MASK, 41]])
+    out = generate(model, prompt, steps=8, gen_length=8, block_length=8)
+    assert torch.equal(out[:, :6], prompt) and not (out[:, 6:] == MASK).any()
+
+
+def test_left_padded_batch_equals_each_prompt_alone(model):
+    prompts = [[0, 3, 17, 22, 9, 41, 13], [0, 3, 30], [0, 44, 12, 8, 19]]
+    length = max(map(len, prompts))
+    batch = torch.tensor([[EOS] * (length - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts])
+    for cfg in (0.0, 1.0):
+        kwargs = dict(steps=16, gen_length=16, block_length=8, cfg_scale=cfg)
+        out = generate(model, batch, mask, **kwargs)
+        for row, p in enumerate(prompts):
+            alone = generate(model, torch.tensor([p]), **kwargs)
+            assert torch.equal(out[row, length:], alone[0, len(p) :]), (
+                f"row {row} (cfg {cfg}) differs from its solo run"
+            )
+
+
+def test_eos_options_semantics_at_any_temperature(model):
+    """logits_eos_inf: EOS never appears. confidence_eos_eot_inf: EOS/EoT are committed only after the rest."""
+    biased = tiny_model(0, init_fn="normal", init_std=0.5)
+    with torch.no_grad():  # make EOS/EoT frequent proposals so both options matter
+        biased.model.transformer.ff_out.weight[[EOS, EOT]] *= 2.0
+    for temperature in (0.0, 1.0):
+        torch.manual_seed(1)
+        out = generate(biased, PROMPT, steps=16, gen_length=16, block_length=16, temperature=temperature,
+                       logits_eos_inf=True)  # fmt: skip
+        assert not (out[:, PROMPT.shape[1] :] == EOS).any()
+        torch.manual_seed(1)
+        history = []
+        generate(biased, PROMPT, steps=16, gen_length=16, block_length=16, temperature=temperature,
+                 confidence_eos_eot_inf=True, step_callback=history.append)  # fmt: skip
+        special_seen = False
+        for info in history:
+            eligible = info.confidence > -torch.inf
+            special = (info.proposals == EOS) | (info.proposals == EOT)
+            committed_special = info.committed & special
+            special_seen |= bool(committed_special.any())
+            for j in range(PROMPT.shape[0]):
+                if committed_special[j].any():  # then every ordinary proposal of the row was committed too
+                    assert not (eligible[j] & ~special[j] & ~info.committed[j]).any()
+                assert (info.confidence[j][eligible[j] & special[j]] == 0).all()
+        assert special_seen, "degenerate test: EOS/EoT were never proposed"
+
+
+def test_ids_default_to_the_model_config():
+    model = tiny_model(1, mask_token_id=40, eos_token_id=41, pad_token_id=41, eot_token_id=42)
+    out = generate(model, torch.tensor([[0, 3, 7]]), steps=4, gen_length=4, block_length=4, logits_eos_inf=True)
+    assert not (out == 40).any() and not (out == 41).any()
+
+
+def test_threshold_above_one_equals_one_token_per_step(model):
+    kwargs = dict(gen_length=16, block_length=8)
+    default = generate(model, PROMPT, steps=16, **kwargs)
+    stats = GenerationStats()
+    assert torch.equal(generate(model, PROMPT, threshold=1.01, stats=stats, **kwargs), default)
+    assert stats.nfe == 16 and stats.committed_per_step == [2] * 16
+    assert torch.equal(generate(model, PROMPT, factor=1e-9, **kwargs), default)  # f -> 0 commits exactly one
+
+
+def test_threshold_decodes_in_fewer_forwards(model):
+    stats = GenerationStats()
+    out = generate(model, PROMPT, gen_length=16, block_length=8, threshold=0.3, stats=stats)
+    assert not (out == MASK).any() and stats.nfe < 16 and sum(stats.committed_per_step) == 2 * 16
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(gen_length=10, block_length=4), "multiple of block_length"),
+        (dict(gen_length=16, block_length=8, steps=5), "multiple of the number of blocks"),
+        (dict(steps=0), "positive multiple"),
+        (dict(remasking="top_k"), "low_confidence, random"),
+        (dict(gen_length=200, block_length=200, steps=200), "max_sequence_length"),
+        (dict(temperature=-1.0), "temperature"),
+        (dict(cfg_scale=-0.5), "cfg_scale"),
+        (dict(threshold=0.9, factor=1.0), "exclusive"),
+        (dict(threshold=0.9, remasking="random"), "low_confidence"),
+        (dict(cache="kv"), "cache"),
+    ],
+)
+def test_bad_arguments_raise_value_error(model, kwargs, message):
+    args = dict(steps=8, gen_length=8, block_length=8)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        generate(model, PROMPT, **args)
+
+
+def test_bad_prompts_raise_value_error(model):
+    with pytest.raises(ValueError, match="unsqueeze"):
+        generate(model, PROMPT[0], steps=4, gen_length=4, block_length=4)
+    mask = torch.ones_like(PROMPT)
+    mask[:, 0] = 0
+    padded = PROMPT.clone()
+    padded[:, 0] = MASK
+    with pytest.raises(ValueError, match="padding id equals the mask id"):
+        generate(model, padded, mask, steps=4, gen_length=4, block_length=4)
+    with pytest.raises(ValueError, match="must match"):
+        generate(model, PROMPT, mask[:, 1:], steps=4, gen_length=4, block_length=4)

@@ -1,0 +1,76 @@
+"""The Monte-Carlo likelihood estimator."""
+
+import statistics
+
+import pytest
+import torch
+from conftest import MASK
+
+from get_log_likelihood import forward_process, get_log_likelihood
+
+PROMPT = torch.tensor([0, 7, 8, 9, 10])
+ANSWER = torch.tensor([11, 12, 13, 14, 15, 16])
+
+
+def test_forward_process_masks_exact_stratified_counts_and_never_the_prompt():
+    torch.manual_seed(0)
+    seq = torch.cat([PROMPT, ANSWER])[None].repeat(4, 1)
+    prompt_index = torch.arange(seq.shape[1]) < len(PROMPT)
+    for _ in range(20):
+        noisy, p_mask = forward_process(seq, prompt_index, MASK)
+        assert torch.equal(noisy[:, : len(PROMPT)], seq[:, : len(PROMPT)])
+        counts = (noisy == MASK).sum(1)
+        assert ((counts >= 1) & (counts <= len(ANSWER))).all()
+        torch.testing.assert_close(p_mask[:, 0], counts.float() / len(ANSWER))
+        # stratified: the counts are spread over 1..T, rows T/b apart (mod T)
+        gaps = sorted(((counts - counts[0]) % len(ANSWER)).tolist())
+        assert len(set(gaps)) == 4
+        assert torch.equal(noisy[noisy != MASK], seq[noisy != MASK])
+
+
+def test_one_token_answer_with_one_sample_is_the_exact_log_probability(model):
+    answer = torch.tensor([23])
+    expected = torch.log_softmax(model(torch.cat([PROMPT, torch.tensor([MASK])])[None]).logits[0, -1], -1)[23]
+    assert get_log_likelihood(model, PROMPT, answer, mc_num=1) == pytest.approx(expected.item(), abs=1e-5)
+    # cfg_scale changes it exactly as the guidance formula says
+    uncond = torch.log_softmax(model(torch.full((1, 6), MASK)).logits[0, -1], -1)
+    cond = torch.log_softmax(model(torch.cat([PROMPT, torch.tensor([MASK])])[None]).logits[0, -1], -1)
+    guided = torch.log_softmax(uncond + 2.0 * (cond - uncond), -1)[23]
+    assert get_log_likelihood(model, PROMPT, answer, mc_num=1, cfg_scale=1.0) == pytest.approx(guided.item(), abs=1e-4)
+
+
+def test_spread_shrinks_as_mc_num_grows(model):
+    def spread(mc_num):
+        estimates = []
+        for seed in range(12):
+            torch.manual_seed(seed)
+            estimates.append(get_log_likelihood(model, PROMPT, ANSWER, mc_num=mc_num, batch_size=4))
+        return statistics.stdev(estimates), statistics.mean(estimates)
+
+    small, mean_small = spread(4)
+    large, mean_large = spread(64)
+    assert large < small / 2, (small, large)
+    assert abs(mean_large - mean_small) < 3 * small  # same expectation
+
+
+def test_batch_size_is_clamped_and_must_divide_mc_num(model):
+    torch.manual_seed(0)
+    assert isinstance(get_log_likelihood(model, PROMPT, ANSWER, mc_num=2, batch_size=16), float)
+    with pytest.raises(ValueError, match="must divide mc_num"):
+        get_log_likelihood(model, PROMPT, ANSWER, mc_num=12, batch_size=8)
+
+
+@pytest.mark.parametrize(
+    "answer,kwargs,message",
+    [
+        (torch.tensor([], dtype=torch.long), {}, "answer is empty"),
+        (torch.tensor([4, MASK]), {}, "mask id"),
+        (ANSWER, {"mc_num": 0}, "mc_num"),
+        (ANSWER, {"cfg_scale": -1.0}, "cfg_scale"),
+        (torch.arange(3, 100), {}, "max_sequence_length"),
+        (ANSWER[None].repeat(2, 1), {}, "1-D"),
+    ],
+)
+def test_bad_input_raises_value_error(model, answer, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        get_log_likelihood(model, PROMPT, answer, **kwargs)
