@@ -207,6 +207,7 @@ def generate(
     early_stop: bool = False,
     stats: Optional[GenerationStats] = None,
     step_callback: Optional[Callable[[StepInfo], None]] = None,
+    refresh_every: Optional[int] = None,
 ) -> torch.Tensor:
     """Sample an answer of gen_length tokens for each prompt by reverse masked diffusion.
 
@@ -224,9 +225,14 @@ def generate(
         confidence_eos_eot_inf: EOS/EoT proposals are committed last (confidence 0).
         threshold: parallel decoding, commit every slot with confidence >= threshold (at least one).
         factor: parallel decoding by the factor rule (see parallel_commit_count).
-        cache: None, 'prefix' or 'dual' block-level KV cache (approximate; see SPEC 2.7).
-        early_stop: stop a row when everything after the current block start is proposed as EOS.
+        cache: None, 'prefix' or 'dual' block-level KV cache. Each block starts with a full forward
+            (refresh) that caches every layer's keys/values; later steps run only the block (dual) or
+            the block and the suffix (prefix) against the cache. Approximate: cached keys are stale.
+        early_stop: at a block's first forward, a row whose every remaining masked slot (block and
+            suffix) has EOS as its greedy proposal is filled with EOS and stops; returns when all stop.
         stats: a GenerationStats to fill in place. step_callback: called with a StepInfo after each step.
+        refresh_every: with a cache, also refresh every this many steps inside a block (1 = every
+            step, which reproduces cache=None exactly).
 
     Returns:
         (B, L + gen_length) int64 canvas on the prompt's device: the prompt, then the answer.
@@ -236,11 +242,13 @@ def generate(
     eot_id = _config_id(model, "eot_token_id", EOT_ID) if eot_id is None else eot_id
     _validate(model, prompt, attention_mask, steps, gen_length, block_length, temperature, cfg_scale, remasking,
               mask_id, threshold, factor, cache)  # fmt: skip
-    if cache is not None or early_stop:
-        raise NotImplementedError("cache and early_stop are not implemented yet.")
+    if refresh_every is not None and (cache is None or refresh_every < 1):
+        raise ValueError("refresh_every needs a cache ('prefix' or 'dual') and must be >= 1.")
     started = time.perf_counter()
-    stats = stats if stats is not None else GenerationStats()
+    user_stats = stats is not None
+    stats = stats if user_stats else GenerationStats()
     parallel = threshold is not None or factor is not None
+    reference_path = cache is None and not parallel  # token- and RNG-identical to the reference algorithm
 
     B, L = prompt.shape
     x = torch.full((B, L + gen_length), mask_id, dtype=torch.long, device=prompt.device)
@@ -248,63 +256,122 @@ def generate(
     if attention_mask is not None:
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, gen_length)], dim=-1)
     prompt_index = x != mask_id  # (B, T); what the unconditional CFG pass hides
+    if cfg_scale > 0 and attention_mask is not None:
+        attention_mask = torch.cat([attention_mask, attention_mask])  # cond and uncond rows in one batch
 
-    def predict(canvas: torch.Tensor) -> torch.Tensor:
-        """CFG-combined logits (B, T, V) for the canvas."""
-        t0 = time.perf_counter()
+    def model_inputs(canvas: torch.Tensor) -> torch.Tensor:
+        """The canvas, plus its unconditional copy (prompt masked) under CFG: (B or 2B, T)."""
         if cfg_scale > 0:
-            uncond = torch.where(prompt_index, mask_id, canvas)
-            mask2 = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
-            cond_logits, uncond_logits = model(torch.cat([canvas, uncond]), attention_mask=mask2).logits.chunk(2)
-            logits = uncond_logits + (cfg_scale + 1) * (cond_logits - uncond_logits)
-        else:
-            logits = model(canvas, attention_mask=attention_mask).logits
-        stats.nfe += 1
-        stats.forward_time_s["full"] = stats.forward_time_s.get("full", 0.0) + time.perf_counter() - t0
+            return torch.cat([canvas, torch.where(prompt_index, mask_id, canvas)])
+        return canvas
+
+    def guided(logits: torch.Tensor) -> torch.Tensor:
+        """CFG-combined logits (B, ..., V): uncond + (cfg_scale + 1) (cond - uncond)."""
+        if cfg_scale > 0:
+            cond, uncond = logits.chunk(2)
+            return uncond + (cfg_scale + 1) * (cond - uncond)
         return logits
+
+    def forward(kind: str, inputs: torch.Tensor, **kwargs):
+        t0 = time.perf_counter()
+        out = model(inputs, attention_mask=attention_mask, **kwargs)
+        if user_stats and inputs.is_cuda:
+            torch.cuda.synchronize(inputs.device)
+        stats.nfe += 1
+        stats.nfe_refresh += kind == "refresh"
+        stats.nfe_block += kind == "block"
+        stats.forward_time_s[kind] = stats.forward_time_s.get(kind, 0.0) + time.perf_counter() - t0
+        return out
 
     num_blocks = gen_length // block_length
     steps_per_block = steps // num_blocks
+    row_done = torch.zeros(B, dtype=torch.bool, device=x.device)
     for block in range(num_blocks):
         start, end = L + block * block_length, L + (block + 1) * block_length
+        if not bool((x[:, start:end] == mask_id).any()):
+            continue  # every row stopped early
         schedule = None if parallel else get_num_transfer_tokens(x[:, start:end] == mask_id, steps_per_block)
+        replace_position = None
+        if cache == "dual":
+            replace_position = torch.zeros((x.shape[0] * (2 if cfg_scale > 0 else 1), x.shape[1]), dtype=torch.bool,
+                                           device=x.device)  # fmt: skip
+            replace_position[:, start:end] = True
+        past = None
         step = 0
         while bool((x[:, start:end] == mask_id).any()) if parallel else step < steps_per_block:
-            logits = predict(x)
-            if logits_eos_inf:
-                logits[..., eos_id] = -torch.inf
-            block_logits = logits[:, start:end]  # (B, block_length, V)
-            if parallel:
-                x0 = add_gumbel_noise(block_logits, temperature).argmax(dim=-1)  # (B, block_length)
-            else:  # noise over the whole canvas keeps the reference's random stream
-                x0 = add_gumbel_noise(logits, temperature)[:, start:end].argmax(dim=-1)
+            # 1. Logits of the current block (and of the whole canvas when a full forward ran).
+            full_logits = None
+            if cache is None:
+                full_logits = guided(forward("full", model_inputs(x)).logits)
+            elif step == 0 or (refresh_every is not None and step % refresh_every == 0):
+                out = forward("refresh", model_inputs(x), use_cache=True)
+                full_logits = guided(out.logits)
+                past = out.past_key_values
+                if cache == "prefix":
+                    past = [(k[:, :, :start], v[:, :, :start]) for k, v in past]
+            elif cache == "prefix":  # the block and the (masked) suffix attend to the cached prefix
+                out = forward("block", model_inputs(x)[:, start:], past_key_values=past)
+                block_logits = guided(out.logits[:, :block_length])
+            else:  # dual: only the block runs; its fresh K/V overwrite the cache in place
+                out = forward("block", model_inputs(x)[:, start:end], past_key_values=past,
+                              replace_position=replace_position)  # fmt: skip
+                block_logits = guided(out.logits)
+            if full_logits is not None:
+                if logits_eos_inf:
+                    full_logits[..., eos_id] = -torch.inf
+                block_logits = full_logits[:, start:end]
+            elif logits_eos_inf:
+                block_logits[..., eos_id] = -torch.inf
+
+            # 2. Early stop: a row whose every remaining mask proposes EOS is finished.
+            if early_stop and step == 0 and full_logits is not None:
+                rest = x[:, start:] == mask_id
+                eos_everywhere = ((full_logits[:, start:].argmax(-1) == eos_id) | ~rest).all(-1)
+                stopped = eos_everywhere & rest.any(-1) & ~row_done
+                if bool(stopped.any()):
+                    x[:, start:][stopped[:, None] & rest] = eos_id
+                    row_done |= stopped
+                    stats.rows_early_stopped += int(stopped.sum())
+                if bool(row_done.all()):
+                    break
+
+            # 3. Proposals x0 and their confidence.
+            if reference_path:  # noise over the whole canvas keeps the reference's random stream
+                noisy = add_gumbel_noise(full_logits, temperature)[:, start:end]
+            else:
+                noisy = add_gumbel_noise(block_logits, temperature)
+            # A proposed mask id would leave its slot masked forever: never propose it.
+            noisy = noisy.index_fill(-1, torch.tensor([mask_id], device=noisy.device), -torch.inf)
+            x0 = noisy.argmax(dim=-1)  # (B, block_length)
             if confidence_eos_eot_inf:
                 block_logits = block_logits.clone()
                 block_logits[..., [eos_id, eot_id]] = -torch.inf
             if remasking == "low_confidence":
                 confidence = token_confidence(block_logits, x0)
-            else:
+            elif reference_path:
                 confidence = torch.rand(x.shape, device=x.device)[:, start:end]
+            else:
+                confidence = torch.rand(x0.shape, device=x.device)
             eligible = x[:, start:end] == mask_id  # columns < L and >= end are never eligible
             confidence = torch.where(eligible, confidence, -torch.inf)
 
-            if parallel:
-                count = parallel_commit_count(confidence, threshold, factor)
-            else:
-                count = schedule[:, step]
+            # 4. Commit the scheduled number of most confident proposals (or the parallel rule's).
+            count = parallel_commit_count(confidence, threshold, factor) if parallel else schedule[:, step]
             commit = commit_top_k(confidence, count)
             x[:, start:end][commit] = x0[commit]
             stats.committed_per_step.append(int(commit.sum()))
 
             if step_callback is not None:
-                full = torch.zeros_like(x, dtype=torch.bool)
-                full[:, start:end] = commit
+                committed = torch.zeros_like(x, dtype=torch.bool)
+                committed[:, start:end] = commit
                 proposals = x.clone()
                 proposals[:, start:end] = torch.where(eligible, x0, x[:, start:end])
-                conf_full = torch.full(x.shape, -torch.inf, device=x.device)
-                conf_full[:, start:end] = confidence
-                step_callback(StepInfo(block, step, L, x.clone(), proposals, conf_full, full))
+                confidence_full = torch.full(x.shape, -torch.inf, device=x.device)
+                confidence_full[:, start:end] = confidence
+                step_callback(StepInfo(block, step, L, x.clone(), proposals, confidence_full, committed))
             step += 1
+        if bool(row_done.all()):
+            break
 
     stats.wall_time_s += time.perf_counter() - started
     return x

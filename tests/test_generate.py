@@ -216,3 +216,76 @@ def test_bad_prompts_raise_value_error(model):
         generate(model, padded, mask, steps=4, gen_length=4, block_length=4)
     with pytest.raises(ValueError, match="must match"):
         generate(model, PROMPT, mask[:, 1:], steps=4, gen_length=4, block_length=4)
+
+
+# ----------------------------------------------------------------------------- fast options
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("cfg", [0.0, 1.0])
+def test_cache_refreshed_every_step_equals_no_cache(model, cache, cfg):
+    kwargs = dict(steps=16, gen_length=16, block_length=8, cfg_scale=cfg)
+    stats = GenerationStats()
+    out = generate(model, PROMPT, cache=cache, refresh_every=1, stats=stats, **kwargs)
+    assert torch.equal(out, generate(model, PROMPT, **kwargs))
+    assert stats.nfe == stats.nfe_refresh == 16
+
+
+@pytest.mark.parametrize("cache", [None, "prefix", "dual"])
+@pytest.mark.parametrize("threshold", [None, 0.5])
+def test_left_padded_batch_equals_each_prompt_alone_with_fast_options(model, cache, threshold):
+    prompts = [[0, 3, 17, 22, 9, 41, 13], [0, 3, 30], [0, 44, 12, 8, 19]]
+    length = max(map(len, prompts))
+    batch = torch.tensor([[EOS] * (length - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts])
+    kwargs = dict(steps=16, gen_length=16, block_length=8, cache=cache, threshold=threshold)
+    out = generate(model, batch, mask, **kwargs)
+    assert not (out == MASK).any()
+    for row, p in enumerate(prompts):
+        alone = generate(model, torch.tensor([p]), **kwargs)
+        torch.testing.assert_close(out[row, length:], alone[0, len(p) :], msg=f"row {row} differs from its solo run")
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_cached_steps_count_and_commit_everything(model, cache):
+    stats = GenerationStats()
+    out = generate(model, PROMPT, steps=16, gen_length=16, block_length=8, cache=cache, stats=stats)
+    assert not (out == MASK).any() and torch.equal(out[:, :6], PROMPT)
+    assert (stats.nfe, stats.nfe_refresh, stats.nfe_block) == (16, 2, 14)
+    assert set(stats.forward_time_s) == {"refresh", "block"}
+
+
+class EosBiased(torch.nn.Module):
+    """Wraps a model and raises the EOS logit, so that greedy answers end early."""
+
+    def __init__(self, model, bias):
+        super().__init__()
+        self.inner, self.bias, self.config = model, bias, model.config
+
+    def forward(self, input_ids, **kwargs):
+        out = self.inner(input_ids, **kwargs)
+        out.logits[..., EOS] += self.bias
+        return out
+
+
+def test_early_stop_fills_eos_and_skips_forwards(model):
+    """A model that proposes EOS everywhere stops after its first forward, with the same canvas."""
+    eos_model = EosBiased(model, 100.0)
+    full = generate(eos_model, PROMPT, steps=16, gen_length=16, block_length=4)
+    assert (full[:, 6:] == EOS).all()
+    stats = GenerationStats()
+    stopped = generate(eos_model, PROMPT, steps=16, gen_length=16, block_length=4, early_stop=True, stats=stats)
+    assert torch.equal(stopped, full)
+    assert stats.nfe == 1 and stats.rows_early_stopped == 2
+
+
+def test_factor_rule_commits_prefix_of_passing_ranks():
+    from generate import parallel_commit_count
+
+    c = torch.tensor([[0.99, 0.9, 0.8, -torch.inf], [0.5, 0.4, -torch.inf, -torch.inf], [0.99, 0.95, 0.9, 0.6]])
+    # rank n passes while (n + 1)(1 - c(n)) < f; f = 1: ranks 1 (always), 2: 3*0.1=0.3 ok, 3: 4*0.2=0.8 ok
+    assert parallel_commit_count(c, None, 1.0).tolist() == [3, 1, 3]
+    # row 3 first fails at its last rank (5 * 0.4 = 2 >= 1): that rank is not committed (the prior
+    # implementation committed all ranks in this case)
+    assert parallel_commit_count(c[2:], None, 1.0).tolist() == [3]
+    assert parallel_commit_count(c, 0.85, None).tolist() == [2, 1, 3]
