@@ -21,43 +21,59 @@ import torch.nn.functional as F
 from generate import MASK_ID, _config_id
 
 
-def forward_process(batch: torch.Tensor, prompt_index: torch.Tensor, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_process(
+    batch: torch.Tensor, prompt_index: torch.Tensor, mask_id: int, generator: Optional[torch.Generator] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask exactly x_i answer slots of row i, with x_i stratified over 1..T.
 
     batch: (b, L) int64, identical rows of prompt + answer. prompt_index: (L,) bool, True on the
     prompt columns (a prefix). Draw k ~ U{1..T}, x_i = round(k + i T / b) wrapped into 1..T, and mask
-    x_i answer slots chosen uniformly at random.
+    x_i answer slots chosen uniformly at random. generator: optional CPU torch.Generator; the same
+    seed gives the same mask counts and positions (common random numbers across the choices of a
+    multiple-choice question).
     Returns noisy (b, L) int64 and p_mask (b, L) fp32 = x_i / T (the masking ratio of each row).
     """
     b, length = batch.shape
     target_len = length - int(prompt_index.sum())
-    k = torch.randint(1, target_len + 1, (), device=batch.device)
-    x = torch.round(torch.linspace(float(k), k + (b - 1) * (target_len / b), steps=b, device=batch.device)).long()
+    k = int(torch.randint(1, target_len + 1, (), generator=generator))
+    x = torch.round(torch.linspace(float(k), k + (b - 1) * (target_len / b), steps=b)).long()
     x = ((x - 1) % target_len) + 1
     assert int(x.min()) >= 1 and int(x.max()) <= target_len
 
-    is_mask = torch.arange(target_len, device=batch.device).repeat(b, 1) < x.unsqueeze(1)  # (b, T)
+    is_mask = torch.arange(target_len).repeat(b, 1) < x.unsqueeze(1)  # (b, T)
     for i in range(b):
-        is_mask[i] = is_mask[i][torch.randperm(target_len, device=batch.device)]
-    is_mask = torch.cat((torch.zeros(b, length - target_len, dtype=torch.bool, device=batch.device), is_mask), dim=1)
+        is_mask[i] = is_mask[i][torch.randperm(target_len, generator=generator)]
+    is_mask = torch.cat((torch.zeros(b, length - target_len, dtype=torch.bool), is_mask), dim=1).to(batch.device)
     noisy = torch.where(is_mask, mask_id, batch)
-    p_mask = (x.float() / target_len).unsqueeze(1).expand(b, length)
+    p_mask = (x.float() / target_len).to(batch.device).unsqueeze(1).expand(b, length)
     return noisy, p_mask
 
 
-def get_logits(model, batch: torch.Tensor, prompt_index: torch.Tensor, cfg_scale: float, mask_id: int) -> torch.Tensor:
+def get_logits(
+    model,
+    batch: torch.Tensor,
+    prompt_index: torch.Tensor,
+    cfg_scale: float,
+    mask_id: int,
+    logits_mask: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Logits (b, L, V) of the noisy batch, with unsupervised classifier-free guidance when cfg_scale > 0.
 
     The unconditional copy masks every prompt column and keeps the answer's noise; both run in one
-    forward: logits = un + (cfg_scale + 1) (cond - un).
+    forward: logits = un + (cfg_scale + 1) (cond - un). With logits_mask (b, L) bool, only those
+    positions are computed and returned as (N, V) (GenjoModelLM's ``logits_mask``).
     """
+    kwargs = {}
     if cfg_scale > 0.0:
         un_batch = batch.clone()
         un_batch[:, prompt_index] = mask_id
-        logits = model(torch.cat([batch, un_batch])).logits
-        cond, uncond = logits.chunk(2)
+        if logits_mask is not None:
+            kwargs["logits_mask"] = torch.cat([logits_mask, logits_mask])
+        cond, uncond = model(torch.cat([batch, un_batch]), **kwargs).logits.chunk(2)
         return uncond + (cfg_scale + 1) * (cond - uncond)
-    return model(batch).logits
+    if logits_mask is not None:
+        kwargs["logits_mask"] = logits_mask
+    return model(batch, **kwargs).logits
 
 
 def _as_1d(ids, name: str) -> torch.Tensor:
@@ -78,12 +94,20 @@ def get_log_likelihood(
     batch_size: int = 16,
     cfg_scale: float = 0.0,
     mask_id: Optional[int] = None,
+    *,
+    generator: Optional[torch.Generator] = None,
+    exact_single_token: bool = True,
 ) -> float:
     """Monte-Carlo ELBO of log p(answer | prompt), in nats, summed over the answer tokens.
 
     prompt: (Lp,) int64 token ids (may be empty); answer: (T,) int64, T >= 1. mc_num noisy copies
     are evaluated batch_size at a time (batch_size is lowered to mc_num when larger and must divide
     it). Returns a float: -(1 / mc_num) sum_rows (T / x_row) sum_masked CE.
+
+    generator: a CPU torch.Generator for the masking noise (pass generators seeded alike to score the
+    choices of one question with common random numbers). exact_single_token: a one-token answer is
+    masked in every sample, so all samples are the same: compute it with a single forward (the
+    estimate equals the exact log-probability, as with mc_num=1).
     """
     mask_id = _config_id(model, "mask_token_id", MASK_ID) if mask_id is None else mask_id
     prompt, answer = _as_1d(prompt, "prompt"), _as_1d(answer, "answer")
@@ -106,15 +130,21 @@ def get_log_likelihood(
                          f"max_sequence_length ({max_len}); truncate the prompt from the left.")  # fmt: skip
 
     device = model.device if hasattr(model, "device") else answer.device
+    if exact_single_token and answer.numel() == 1:
+        mc_num = batch_size = 1  # every sample masks the one answer token: one forward is exact
     seq = torch.cat([prompt, answer]).to(device)[None, :].repeat(batch_size, 1)  # (b, L)
     prompt_index = torch.arange(seq.shape[1], device=device) < prompt.numel()
+    head_at_masks = getattr(model, "supports_logits_mask", False)
 
     losses = []
     for _ in range(mc_num // batch_size):
-        noisy, p_mask = forward_process(seq, prompt_index, mask_id)
+        noisy, p_mask = forward_process(seq, prompt_index, mask_id, generator)
         masked = (noisy == mask_id) & ~prompt_index  # a mask id inside the prompt is not an answer slot
-        logits = get_logits(model, noisy, prompt_index, cfg_scale, mask_id)
-        ce = F.cross_entropy(logits[masked].float(), seq[masked], reduction="none") / p_mask[masked]
+        if head_at_masks:
+            logits = get_logits(model, noisy, prompt_index, cfg_scale, mask_id, logits_mask=masked)  # (N, V)
+        else:
+            logits = get_logits(model, noisy, prompt_index, cfg_scale, mask_id)[masked]
+        ce = F.cross_entropy(logits.float(), seq[masked], reduction="none") / p_mask[masked]
         losses.append(ce.sum().item() / batch_size)
     return -sum(losses) / len(losses)
 

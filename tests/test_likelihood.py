@@ -74,3 +74,47 @@ def test_batch_size_is_clamped_and_must_divide_mc_num(model):
 def test_bad_input_raises_value_error(model, answer, kwargs, message):
     with pytest.raises(ValueError, match=message):
         get_log_likelihood(model, PROMPT, answer, **kwargs)
+
+
+def test_head_at_masked_slots_only_gives_the_same_estimate(model):
+    class FullHead(torch.nn.Module):  # the same model without the logits_mask shortcut
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, ids, **kwargs):
+            return self.inner(ids)
+
+    for cfg in (0.0, 1.0):
+        fast = get_log_likelihood(model, PROMPT, ANSWER, mc_num=8, batch_size=4, cfg_scale=cfg,
+                                  generator=torch.Generator().manual_seed(3))  # fmt: skip
+        slow = get_log_likelihood(FullHead(model), PROMPT, ANSWER, mc_num=8, batch_size=4, cfg_scale=cfg,
+                                  generator=torch.Generator().manual_seed(3))  # fmt: skip
+        assert fast == pytest.approx(slow, rel=1e-5, abs=1e-5)
+
+
+def test_single_token_shortcut_equals_the_monte_carlo_path(model):
+    answer = torch.tensor([31])
+    exact = get_log_likelihood(model, PROMPT, answer, mc_num=16, batch_size=4)
+    sampled = get_log_likelihood(model, PROMPT, answer, mc_num=16, batch_size=4, exact_single_token=False)
+    assert exact == pytest.approx(sampled, abs=1e-4)
+
+
+def test_common_random_numbers_are_unbiased_and_reduce_the_variance_of_differences(model):
+    """Two choices of one question scored with the same noise: same expectation, less noisy difference."""
+    choice_a, choice_b = ANSWER, torch.tensor([11, 12, 13, 40, 15, 16])
+    shared, independent, means_shared, means_indep = [], [], [], []
+    for seed in range(16):
+        kwargs = dict(mc_num=8, batch_size=8)
+        a = get_log_likelihood(model, PROMPT, choice_a, generator=torch.Generator().manual_seed(seed), **kwargs)
+        b = get_log_likelihood(model, PROMPT, choice_b, generator=torch.Generator().manual_seed(seed), **kwargs)
+        b_indep = get_log_likelihood(model, PROMPT, choice_b, generator=torch.Generator().manual_seed(1000 + seed),
+                                     **kwargs)  # fmt: skip
+        shared.append(a - b)
+        independent.append(a - b_indep)
+        means_shared.append(b)
+        means_indep.append(b_indep)
+    # unbiased: the CRN estimates of choice b have the same mean as independent ones (within 3 standard errors)
+    se = (statistics.variance(means_shared) / 16 + statistics.variance(means_indep) / 16) ** 0.5
+    assert abs(statistics.mean(means_shared) - statistics.mean(means_indep)) < 3 * se
+    assert statistics.variance(shared) < statistics.variance(independent) / 2
