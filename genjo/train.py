@@ -56,6 +56,7 @@ class TrainArgs:
     seq_len: int = 64  # pre-training row length (packed sentences)
     sft_max_len: int = 160  # longest SFT row (prompt + answer + EOS padding)
     sft_long_pad_prob: float = 0.25  # share of SFT batches padded to a random length up to sft_max_len
+    sft_plain_text: float = 0.0  # share of SFT rows that are pre-training text (prompt length 0)
     crop_prob: float = 0.01  # pre-training: crop the batch to a random length
     eps: float = 1e-3  # minimum masking probability
     lr: float = 2e-3
@@ -129,19 +130,24 @@ def _step_rng(args: TrainArgs, step: int) -> random.Random:
     return random.Random(f"{args.stage}:{args.seed}:{step}")
 
 
+def packed_rows(rng: random.Random, tokenizer, n: int, length: int) -> list[list[int]]:
+    """n rows of `length` tokens cut from plain-text sentences joined by EOS."""
+    eos = tokenizer.eos_token_id
+    rows = []
+    for _ in range(n):
+        sentences = tinyworld.pretraining_documents(rng.getrandbits(63))
+        row: list[int] = []
+        while len(row) < length:
+            row += tokenizer(next(sentences), add_special_tokens=False)["input_ids"] + [eos]
+        start = rng.randrange(0, len(row) - length + 1)  # not always at a sentence start
+        rows.append(row[start : start + length])
+    return rows
+
+
 def pretrain_batch(args: TrainArgs, tokenizer, step: int) -> torch.Tensor:
     """The global pre-training batch of a step: (batch_size, L) packed sentences separated by EOS."""
     rng = _step_rng(args, step)
-    eos = tokenizer.eos_token_id
-    rows = []
-    for _ in range(args.batch_size):
-        sentences = tinyworld.pretraining_documents(rng.getrandbits(63))
-        row: list[int] = []
-        while len(row) < args.seq_len:
-            row += tokenizer(next(sentences), add_special_tokens=False)["input_ids"] + [eos]
-        start = rng.randrange(0, len(row) - args.seq_len + 1)  # not always at a sentence start
-        rows.append(row[start : start + args.seq_len])
-    batch = torch.tensor(rows, dtype=torch.long)
+    batch = torch.tensor(packed_rows(rng, tokenizer, args.batch_size, args.seq_len), dtype=torch.long)
     if rng.random() < args.crop_prob:
         batch = batch[:, : rng.randint(1, args.seq_len)]
     return batch
@@ -173,7 +179,14 @@ def sft_batch(args: TrainArgs, tokenizer, step: int) -> tuple[torch.Tensor, torc
         length += rng.randint(0, 8)
     eos = tokenizer.eos_token_id
     rows = [p + a + [eos] * (length - len(p) - len(a)) for p, a in examples]
-    return torch.tensor(rows, dtype=torch.long), torch.tensor([len(p) for p, _ in examples])
+    prompt_lengths = [len(p) for p, _ in examples]
+    # Plain text keeps what pre-training taught (e.g. the capitals that are never asked in chat form);
+    # with prompt length 0 the SFT loss of such a row is the pre-training loss.
+    n_plain = round(args.sft_plain_text * args.batch_size)
+    if n_plain:
+        rows[-n_plain:] = packed_rows(rng, tokenizer, n_plain, length)
+        prompt_lengths[-n_plain:] = [0] * n_plain
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(prompt_lengths)
 
 
 def step_noise(args: TrainArgs, input_ids: torch.Tensor, mask_id: int, step: int):
@@ -297,6 +310,7 @@ def train(args: TrainArgs) -> str:
                     disable=not accelerator.is_main_process, desc=args.stage)  # fmt: skip
     tokens_seen = state["tokens"] if state else 0
     t0, tokens_window = time.perf_counter(), 0
+    window_losses: list[float] = []  # mean loss between two records of the learning curve
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args, step)
@@ -318,6 +332,7 @@ def train(args: TrainArgs) -> str:
         tokens_seen += input_ids.numel()
         tokens_window += input_ids.numel()
         mean_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
+        window_losses.append(mean_loss)
         if step % 10 == 0:
             rate = tokens_window / (time.perf_counter() - t0)
             progress.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{learning_rate(args, step):.1e}")
@@ -325,7 +340,9 @@ def train(args: TrainArgs) -> str:
 
         done = step + 1
         if done % args.eval_every == 0 or done == args.steps:
-            record = {"stage": args.stage, "step": done, "tokens": tokens_seen, "loss": mean_loss}
+            record = {"stage": args.stage, "step": done, "tokens": tokens_seen,
+                      "loss": sum(window_losses) / len(window_losses)}  # fmt: skip
+            window_losses = []
             if args.stage == "sft":
                 record["accuracy"] = _gathered_eval(unwrapped, tokenizer, args, accelerator)
             if accelerator.is_main_process:
@@ -370,8 +387,8 @@ def _load_tokenizer(folder):
 # ----------------------------------------------------------------------------- command line
 
 RECIPE_PRETRAIN = dict(steps=1500, batch_size=64, seq_len=64, lr=2e-3, warmup_steps=100, eval_every=250, save_every=250)
-RECIPE_SFT = dict(steps=5000, batch_size=64, lr=1.5e-3, warmup_steps=100, eval_every=250, save_every=250,
-                  sft_long_pad_prob=0.15,
+RECIPE_SFT = dict(steps=3500, batch_size=64, lr=1.5e-3, warmup_steps=100, eval_every=500, save_every=250,
+                  sft_long_pad_prob=0.15, sft_plain_text=0.25,
                   family_weights={"capitals": 0.1, "sorting": 0.25, "reversal": 0.3, "addition": 0.35})  # fmt: skip
 
 
