@@ -1,0 +1,1 @@
+"""Offline lm-eval tasks for the embedded Genjo models (see EVAL.md and tiny_tasks.py)."""
