@@ -51,7 +51,8 @@ class TrainArgs:
     export: Optional[str] = None  # where the final model is saved for use (without optimizer state)
     resume: bool = True  # continue from run_dir/last if it exists
     seed: int = 0
-    steps: int = 1000
+    steps: int = 1000  # length of the learning-rate schedule
+    stop_at: Optional[int] = None  # end the run at this step (the schedule still spans `steps`)
     batch_size: int = 64  # rows per step, all processes together
     seq_len: int = 64  # pre-training row length (packed sentences)
     sft_max_len: int = 160  # longest SFT row (prompt + answer + EOS padding)
@@ -306,7 +307,8 @@ def train(args: TrainArgs) -> str:
         print(f"{args.stage}: {n_params / 1e6:.2f}M parameters, {world} process(es), steps {start_step}..{args.steps}")
 
     rows = slice(rank * args.batch_size // world, (rank + 1) * args.batch_size // world)
-    progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps,
+    last_step = min(args.steps, args.stop_at or args.steps)
+    progress = tqdm(range(start_step, last_step), initial=start_step, total=last_step,
                     disable=not accelerator.is_main_process, desc=args.stage)  # fmt: skip
     tokens_seen = state["tokens"] if state else 0
     t0, tokens_window = time.perf_counter(), 0
@@ -339,7 +341,7 @@ def train(args: TrainArgs) -> str:
             t0, tokens_window = time.perf_counter(), 0
 
         done = step + 1
-        if done % args.eval_every == 0 or done == args.steps:
+        if done % args.eval_every == 0 or done == last_step:
             record = {"stage": args.stage, "step": done, "tokens": tokens_seen,
                       "loss": sum(window_losses) / len(window_losses)}  # fmt: skip
             window_losses = []
@@ -349,7 +351,7 @@ def train(args: TrainArgs) -> str:
                 progress.write(json.dumps(record))
                 with open(run_dir / CURVE_FILE, "a") as f:
                     f.write(json.dumps(record) + "\n")
-        if done % args.save_every == 0 or done == args.steps:
+        if done % args.save_every == 0 or done == last_step:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 save_checkpoint(unwrapped, tokenizer, str(last_dir))
@@ -386,20 +388,27 @@ def _load_tokenizer(folder):
 
 # ----------------------------------------------------------------------------- command line
 
-RECIPE_PRETRAIN = dict(steps=1500, batch_size=64, seq_len=64, lr=2e-3, warmup_steps=100, eval_every=250, save_every=250)
+# The shipped base model is step 500 of a 1,500-step schedule (the training budget of its session).
+RECIPE_PRETRAIN = dict(steps=1500, stop_at=500, batch_size=64, seq_len=64, lr=2e-3, warmup_steps=100,
+                       eval_every=250, save_every=250)  # fmt: skip
 RECIPE_SFT = dict(steps=3500, batch_size=64, lr=1.5e-3, warmup_steps=100, eval_every=500, save_every=250,
                   sft_long_pad_prob=0.15, sft_plain_text=0.25,
                   family_weights={"capitals": 0.1, "sorting": 0.25, "reversal": 0.3, "addition": 0.35})  # fmt: skip
 
 
 def recipe(run_root: str, export_root: str, seed: int = 0, scale: float = 1.0) -> None:
-    """Reproduce the shipped checkpoints: pre-train the base model, then SFT the instruct model."""
+    """Reproduce the shipped checkpoints: pre-train the base model, then SFT the instruct model.
+
+    scale multiplies every step count (e.g. 0.1 for a quick trial run).
+    """
+
+    def scaled(stage: dict) -> dict:
+        return {k: int(v * scale) if k in ("steps", "stop_at") else v for k, v in stage.items()}
+
     base = train(TrainArgs(stage="pretrain", run_dir=f"{run_root}/base", seed=seed,
-                           export=f"{export_root}/genjo-tiny-base",
-                           **{**RECIPE_PRETRAIN, "steps": int(RECIPE_PRETRAIN["steps"] * scale)}))  # fmt: skip
+                           export=f"{export_root}/genjo-tiny-base", **scaled(RECIPE_PRETRAIN)))  # fmt: skip
     train(TrainArgs(stage="sft", run_dir=f"{run_root}/instruct", init=base, seed=seed,
-                    export=f"{export_root}/genjo-tiny-instruct",
-                    **{**RECIPE_SFT, "steps": int(RECIPE_SFT["steps"] * scale)}))  # fmt: skip
+                    export=f"{export_root}/genjo-tiny-instruct", **scaled(RECIPE_SFT)))  # fmt: skip
 
 
 def main(argv=None) -> None:
@@ -413,7 +422,7 @@ def main(argv=None) -> None:
         if isinstance(value, bool):
             parser.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=value)
         else:
-            kind = type(value) if value is not None else str
+            kind = {Optional[int]: int, Optional[str]: str}.get(f.type, type(value))
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=value)
     parser.add_argument("--family-weights", type=json.loads, default=None, help='JSON, e.g. {"sorting": 1.0}')
     parser.add_argument("--export-root", default=str(Path(__file__).parent / "checkpoints"), help="recipe only")
