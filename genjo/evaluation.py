@@ -80,3 +80,55 @@ def format_accuracy_table(results: dict[str, dict[str, float]], families: Option
     for name, acc in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{100 * acc.get(f, float('nan')):.1f}" for f in families) + " |")
     return "\n".join(lines)
+
+
+def plot_learning_curve(curve_path: str, out_png: str) -> None:
+    """Accuracy per family against SFT training tokens, from a run's learning_curve.jsonl."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in open(curve_path) if "accuracy" in line]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for family in [k for k in records[0]["accuracy"] if k != "all"]:
+        ax.plot([r["tokens"] / 1e6 for r in records], [100 * r["accuracy"][family] for r in records], "o-",
+                label=family)  # fmt: skip
+    ax.set_xlabel("SFT training tokens (millions)")
+    ax.set_ylabel("held-out exact match (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png)
+
+
+def main() -> None:
+    """Per-family exact-match accuracy of a model on freshly sampled held-out problems."""
+    import argparse
+
+    from . import tinyworld
+    from .loading import add_model_arguments, load_from_args
+
+    parser = add_model_arguments(argparse.ArgumentParser(description=main.__doc__))
+    parser.add_argument("--per-family", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=123_456)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--curve", help="also plot this learning_curve.jsonl ...")
+    parser.add_argument("--plot", help="... into this PNG")
+    args = parser.parse_args()
+
+    model, tokenizer = load_from_args(args)
+    settings = {**TINY_SAMPLER_DEFAULTS, **(getattr(model.config, "sampler_defaults", None) or {})}
+    problems = tinyworld.sample_problems(args.per_family * len(tinyworld.FAMILIES), args.seed, split="heldout")
+    acc = family_accuracy(model, tokenizer, problems, args.batch_size, progress=True, **settings)
+    print(f"{args.per_family} held-out problems per family (seed {args.seed}); sampler: {settings}\n")
+    print(format_accuracy_table({args.model: acc}))
+    if args.curve and args.plot:
+        plot_learning_curve(args.curve, args.plot)
+
+
+if __name__ == "__main__":
+    main()
