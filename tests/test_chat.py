@@ -1,0 +1,222 @@
+"""chat.py: the conversation bookkeeping (scripted model) and the real program driven through a terminal."""
+
+import os
+import re
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from chat import ChatSession, banner, chat_loop, user_turn_ids
+from genjo.loading import DEFAULT_MODEL
+from genjo.tokenizer import build_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+BOS, EOS, MASK, EOT = 0, 1, 2, 5  # the tiny tokenizer's specials
+
+
+def chat_model_path() -> str:
+    """The instruct checkpoint of the end-to-end tests: the embedded one (GENJO_TEST_MODEL overrides)."""
+    return os.environ.get("GENJO_TEST_MODEL") or DEFAULT_MODEL
+
+
+@pytest.fixture(scope="module")
+def instruct_model_path() -> str:
+    """Path of the instruct checkpoint; skipped when it is missing (a failure under CI)."""
+    path = chat_model_path()
+    if not os.path.isdir(path):
+        message = f"instruct checkpoint {path} is missing (train it, or set GENJO_TEST_MODEL)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    """The tiny model's tokenizer: loaded from the instruct checkpoint when present, else rebuilt (~8 s)."""
+    path = chat_model_path()
+    return AutoTokenizer.from_pretrained(path) if os.path.isdir(path) else build_tokenizer()
+
+
+class ScriptedModel:
+    """A stand-in mask predictor that always proposes the same answer (exact, weight-free tests).
+
+    Answer slot i (the i-th of the last len(answer) columns) gets logit strength[i] on answer[i] and 0
+    elsewhere, so low_confidence remasking reveals the slots in order of strength (default: left to right).
+    Every input it sees is recorded in ``calls``.
+    """
+
+    def __init__(self, answer: list[int], vocab_size: int = 512, strength=None, max_sequence_length: int = 512):
+        self.answer = answer
+        self.strength = strength or [2.0 + 0.1 * i for i in range(len(answer))][::-1]
+        self.vocab_size = vocab_size
+        self.config = SimpleNamespace(mask_token_id=MASK, eos_token_id=EOS, eot_token_id=EOT,
+                                      max_sequence_length=max_sequence_length)  # fmt: skip
+        self.device = torch.device("cpu")
+        self.calls: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask=None):
+        self.calls.append(input_ids.clone())
+        B, T = input_ids.shape
+        logits = torch.zeros(B, T, self.vocab_size)  # (B, T, V)
+        for i, (token, strength) in enumerate(zip(self.answer, self.strength)):
+            logits[:, T - len(self.answer) + i, token] = strength
+        return SimpleNamespace(logits=logits)
+
+
+def scripted_answer(tokenizer, text: str, gen_length: int) -> list[int]:
+    """Ids of text + <|eot_id|>, padded with EOS to gen_length."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [EOT]
+    return ids + [EOS] * (gen_length - len(ids))
+
+
+def session(tokenizer, gen_length=16, max_len=512, answer="42"):
+    model = ScriptedModel(scripted_answer(tokenizer, answer, gen_length), max_sequence_length=max_len)
+    return ChatSession(model, tokenizer, gen_length=gen_length, steps=gen_length, block_length=gen_length)
+
+
+def test_banner_matches_the_spec():
+    lines = banner(128, 128).splitlines()
+    assert lines == ["*" * 66, "**  Answer Length: 128  |  Sampling Steps: 128  **", "*" * 66]
+
+
+def test_second_turn_reads_the_first_with_a_single_bos(tiny_tokenizer):
+    chat = session(tiny_tokenizer)
+    reply, dropped = chat.ask("What is 12 + 30?")
+    assert (reply, dropped) == ("42", 0)
+    first = chat.history_ids()
+    answer = tiny_tokenizer("42", add_special_tokens=False)["input_ids"] + [EOT]
+    assert first == user_turn_ids(tiny_tokenizer, "What is 12 + 30?") + answer
+    assert first[-1] == EOT and EOS not in first  # the EOS padding left the generated part only
+
+    prompt, kept = chat.build_prompt("Sort: 3 1 2")
+    assert prompt == first + user_turn_ids(tiny_tokenizer, "Sort: 3 1 2")[1:]  # history + new ids minus BOS
+    chat.ask("Sort: 3 1 2")
+    text = tiny_tokenizer.decode(chat.history_ids())
+    assert text.count("<|startoftext|>") == 1 and text.startswith("<|startoftext|>")
+    assert "42<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nSort: 3 1 2<|eot_id|>" in text
+    # the model saw the first turn while answering the second
+    assert chat.model.calls[-1][0, : len(first)].tolist() == first
+
+
+def test_reset_forgets_the_conversation(tiny_tokenizer):
+    chat = session(tiny_tokenizer)
+    chat.ask("What is 12 + 30?")
+    chat.reset()
+    assert chat.history_ids() == []
+    prompt, _ = chat.build_prompt("Sort: 3 1 2")
+    assert prompt == user_turn_ids(tiny_tokenizer, "Sort: 3 1 2")
+
+
+def test_oldest_turns_are_dropped_when_the_model_is_full(tiny_tokenizer):
+    chat = session(tiny_tokenizer, gen_length=16, max_len=80)
+    questions = ["What is 12 + 30?", "Sort: 3 1 2", "Reverse: alpha bravo charlie", "What is 1 + 1?"]
+    dropped = [chat.ask(q)[1] for q in questions]
+    assert dropped[0] == 0 and sum(dropped) > 0
+    history = chat.history_ids()
+    assert history[0] == BOS and history.count(BOS) == 1
+    assert tiny_tokenizer.decode(history).endswith("What is 1 + 1?<|eot_id|><|start_header_id|>assistant"
+                                                   "<|end_header_id|>\n\n42<|eot_id|>")  # fmt: skip
+    assert all(len(call[0]) <= 80 for call in chat.model.calls)
+
+
+def test_a_failed_turn_keeps_the_history(tiny_tokenizer):
+    chat = session(tiny_tokenizer)
+    chat.ask("What is 12 + 30?")
+    before = chat.history_ids()
+    chat.block_length = 5  # 16 is not a multiple of 5
+    with pytest.raises(ValueError, match="multiple of block_length"):
+        chat.ask("Sort: 3 1 2")
+    assert chat.history_ids() == before
+
+
+# ----------------------------------------------------------------------------- the real program
+
+
+def spawn_chat(model_path: str, *extra: str):
+    pexpect = pytest.importorskip("pexpect")
+    args = ["chat.py", "--model", model_path, "--gen-length", "32", "--steps", "32", "--block-length", "32", *extra]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return pexpect.spawn(sys.executable, args, cwd=ROOT, env=env, encoding="utf-8", timeout=120, dimensions=(50, 200))
+
+
+@pytest.mark.slow
+def test_terminal_chat_two_turns_history_reset_quit(instruct_model_path):
+    """A person's session: two questions, /history shows the second turn reading the first, /reset, /quit.
+
+    /history prints the conversation as the model reads it, so it shows that the second prompt holds the
+    first question and answer (ended by <|eot_id|>, no EOS padding) behind a single BOS.
+    """
+    child = spawn_chat(instruct_model_path)
+    child.expect_exact("**  Answer Length: 32  |  Sampling Steps: 32  **")
+    child.expect_exact("Enter your question: ")
+    child.sendline("What is the capital of France?")
+    child.expect(r"Bot's reply: ([^\r\n]*)\r\n-{71}")
+    first_reply = child.match.group(1).strip()
+    child.expect_exact("Enter your question: ")
+    child.sendline("Sort: 3 1 2")
+    child.expect(r"Bot's reply: [^\r\n]*\r\n-{71}")
+    child.expect_exact("Enter your question: ")
+    child.sendline("/history")
+    child.expect(r"History \((\d+) tokens\):\r\n(.*?)\r\n-{71}")
+    history = child.match.group(2).replace("\r\n", "\n")
+    assert history.count("<|startoftext|>") == 1 and history.startswith("<|startoftext|>")
+    turns = re.split(r"<\|start_header_id\|>user<\|end_header_id\|>\n\n", history)
+    assert len(turns) == 3  # BOS, first turn, second turn
+    assert turns[1].startswith("What is the capital of France?<|eot_id|>")
+    first_answer = turns[1].split("<|start_header_id|>assistant<|end_header_id|>\n\n")[1]
+    assert re.sub(r"<\|[a-z_]+\|>", "", first_answer).strip() == first_reply  # the first reply is in the context
+    assert turns[2].startswith("Sort: 3 1 2<|eot_id|>")
+    assert "<|endoftext|>" not in history
+    child.expect_exact("Enter your question: ")
+    child.sendline("/reset")
+    child.expect_exact("(conversation reset)")
+    child.sendline("/history")
+    child.expect_exact("History (0 tokens):")
+    child.expect_exact("Enter your question: ")
+    child.sendline("/quit")
+    child.expect_exact("Goodbye!")
+    child.expect(pytest.importorskip("pexpect").EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert "Traceback" not in (child.before or "")
+
+
+@pytest.mark.slow
+def test_terminal_chat_ctrl_c_ends_cleanly(instruct_model_path):
+    pexpect = pytest.importorskip("pexpect")
+    child = spawn_chat(instruct_model_path)
+    child.expect_exact("Enter your question: ")
+    child.sendintr()
+    child.expect_exact("Goodbye!")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert "Traceback" not in child.before
+
+
+def test_chat_loop_ends_on_eof_and_reports_errors(tiny_tokenizer):
+    chat = session(tiny_tokenizer)
+    chat.block_length = 5  # every turn fails: 16 is not a multiple of 5
+    inputs, printed = iter(["What is 12 + 30?"]), []
+
+    def read(prompt):
+        printed.append(prompt)
+        return next(inputs)  # StopIteration is not EOFError: emulate input() at EOF below
+
+    def read_then_eof(prompt):
+        try:
+            return read(prompt)
+        except StopIteration:
+            raise EOFError from None
+
+    chat_loop(chat, input_fn=read_then_eof, print_fn=printed.append)
+    assert any(str(p).startswith("Error: gen_length (16) must be a multiple") for p in printed)
+    assert printed[-1] == "Goodbye!" and chat.history_ids() == []

@@ -1,0 +1,54 @@
+"""Record one generation step by step to JSON (and optionally the sample_process.txt log).
+
+    python -m visualization.record --question "Sort: 9 3 7 1" --out trajectory.json
+    python -m visualization.record --model PATH --steps 64 --gen-length 64 --block-length 64 \\
+        --remasking random --log sample_process.txt --out trajectory.json
+"""
+
+import argparse
+
+import torch
+
+from generate import REMASKING
+from genjo.loading import add_model_arguments, load_from_args
+from visualization.trajectory import record_generation, write_sample_process
+
+
+def main(argv=None) -> None:
+    parser = add_model_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--question", default="Reverse: alpha bravo charlie delta", help="the user message")
+    parser.add_argument("--out", required=True, help="trajectory JSON to write")
+    parser.add_argument("--log", default=None, help="also write the SPEC §8 sample_process.txt log here")
+    parser.add_argument("--gen-length", type=int, default=None, help="default: the model's sampler_defaults or 64")
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's sampler_defaults or gen_length")
+    parser.add_argument(
+        "--block-length", type=int, default=None, help="default: the model's sampler_defaults or gen_length"
+    )
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale")
+    parser.add_argument("--remasking", choices=REMASKING, default="low_confidence")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(args.seed)
+    model, tokenizer = load_from_args(args)
+    defaults = getattr(model.config, "sampler_defaults", None) or {}
+    gen_length = args.gen_length or defaults.get("gen_length", 64)
+    kwargs = dict(
+        gen_length=gen_length,
+        steps=args.steps or defaults.get("steps", gen_length),
+        block_length=args.block_length or min(defaults.get("block_length", gen_length), gen_length),
+        temperature=args.temperature,
+        cfg_scale=args.cfg,
+        remasking=args.remasking,
+    )
+    trajectory = record_generation(model, tokenizer, args.question, **kwargs)
+    trajectory.settings["model"] = args.model
+    trajectory.to_json(args.out)
+    if args.log:
+        write_sample_process(trajectory, args.log)
+    print(f"{args.question!r} -> {trajectory.answer!r} ({trajectory.num_steps} steps) written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
