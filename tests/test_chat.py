@@ -3,78 +3,16 @@
 import os
 import re
 import sys
-from types import SimpleNamespace
 
 import pytest
-import torch
-from transformers import AutoTokenizer
+from conftest import BOS, EOS, EOT, ScriptedModel, scripted_answer
 
 from chat import ChatSession, banner, chat_loop, user_turn_ids
-from genjo.loading import DEFAULT_MODEL
-from genjo.tokenizer import build_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ----------------------------------------------------------------------------- helpers
-
-BOS, EOS, MASK, EOT = 0, 1, 2, 5  # the tiny tokenizer's specials
-
-
-def chat_model_path() -> str:
-    """The instruct checkpoint of the end-to-end tests: the embedded one (GENJO_TEST_MODEL overrides)."""
-    return os.environ.get("GENJO_TEST_MODEL") or DEFAULT_MODEL
-
-
-@pytest.fixture(scope="module")
-def instruct_model_path() -> str:
-    """Path of the instruct checkpoint; skipped when it is missing (a failure under CI)."""
-    path = chat_model_path()
-    if not os.path.isdir(path):
-        message = f"instruct checkpoint {path} is missing (train it, or set GENJO_TEST_MODEL)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer():
-    """The tiny model's tokenizer: loaded from the instruct checkpoint when present, else rebuilt (~8 s)."""
-    path = chat_model_path()
-    return AutoTokenizer.from_pretrained(path) if os.path.isdir(path) else build_tokenizer()
-
-
-class ScriptedModel:
-    """A stand-in mask predictor that always proposes the same answer (exact, weight-free tests).
-
-    Answer slot i (the i-th of the last len(answer) columns) gets logit strength[i] on answer[i] and 0
-    elsewhere, so low_confidence remasking reveals the slots in order of strength (default: left to right).
-    Every input it sees is recorded in ``calls``.
-    """
-
-    def __init__(self, answer: list[int], vocab_size: int = 512, strength=None, max_sequence_length: int = 512):
-        self.answer = answer
-        self.strength = strength or [2.0 + 0.1 * i for i in range(len(answer))][::-1]
-        self.vocab_size = vocab_size
-        self.config = SimpleNamespace(mask_token_id=MASK, eos_token_id=EOS, eot_token_id=EOT,
-                                      max_sequence_length=max_sequence_length)  # fmt: skip
-        self.device = torch.device("cpu")
-        self.calls: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.Tensor, attention_mask=None):
-        self.calls.append(input_ids.clone())
-        B, T = input_ids.shape
-        logits = torch.zeros(B, T, self.vocab_size)  # (B, T, V)
-        for i, (token, strength) in enumerate(zip(self.answer, self.strength)):
-            logits[:, T - len(self.answer) + i, token] = strength
-        return SimpleNamespace(logits=logits)
-
-
-def scripted_answer(tokenizer, text: str, gen_length: int) -> list[int]:
-    """Ids of text + <|eot_id|>, padded with EOS to gen_length."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [EOT]
-    return ids + [EOS] * (gen_length - len(ids))
 
 
 def session(tokenizer, gen_length=16, max_len=512, answer="42"):

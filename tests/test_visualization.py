@@ -1,61 +1,16 @@
 """visualization/: recording a generation via step_callback, the log format, and the three renderings."""
 
 import os
-from types import SimpleNamespace
 
 import pytest
-import torch
+from conftest import EOT, ScriptedModel, scripted_answer
 from PIL import Image
-from transformers import AutoTokenizer
 
-from genjo.loading import DEFAULT_MODEL
-from genjo.tokenizer import build_tokenizer
 from visualization import record, render
 from visualization.rendering import BOX_STOPS, box_colour, render_frame, render_grid, render_html, save_gif, text_colour
 from visualization.trajectory import Trajectory, read_sample_process, record_generation, write_sample_process
 
 # ----------------------------------------------------------------------------- helpers
-
-BOS, EOS, MASK, EOT = 0, 1, 2, 5  # the tiny tokenizer's specials
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer():
-    """The tiny model's tokenizer: loaded from the instruct checkpoint when present, else rebuilt (~8 s)."""
-    path = os.environ.get("GENJO_TEST_MODEL") or DEFAULT_MODEL
-    return AutoTokenizer.from_pretrained(path) if os.path.isdir(path) else build_tokenizer()
-
-
-class ScriptedModel:
-    """A stand-in mask predictor that always proposes the same answer (exact, weight-free tests).
-
-    Answer slot i (the i-th of the last len(answer) columns) gets logit strength[i] on answer[i] and 0
-    elsewhere, so low_confidence remasking reveals the slots in order of strength (default: left to right).
-    Every input it sees is recorded in ``calls``.
-    """
-
-    def __init__(self, answer: list[int], vocab_size: int = 512, strength=None, max_sequence_length: int = 512):
-        self.answer = answer
-        self.strength = strength or [2.0 + 0.1 * i for i in range(len(answer))][::-1]
-        self.vocab_size = vocab_size
-        self.config = SimpleNamespace(mask_token_id=MASK, eos_token_id=EOS, eot_token_id=EOT,
-                                      max_sequence_length=max_sequence_length)  # fmt: skip
-        self.device = torch.device("cpu")
-        self.calls: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.Tensor, attention_mask=None):
-        self.calls.append(input_ids.clone())
-        B, T = input_ids.shape
-        logits = torch.zeros(B, T, self.vocab_size)  # (B, T, V)
-        for i, (token, strength) in enumerate(zip(self.answer, self.strength)):
-            logits[:, T - len(self.answer) + i, token] = strength
-        return SimpleNamespace(logits=logits)
-
-
-def scripted_answer(tokenizer, text: str, gen_length: int) -> list[int]:
-    """Ids of text + <|eot_id|>, padded with EOS to gen_length."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [EOT]
-    return ids + [EOS] * (gen_length - len(ids))
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +69,3 @@ def test_scripts_record_and_render(instruct_model_path, tmp_path):
     )
     render.main([str(tmp_path / "sample_process.txt"), "--style", "text", "--grid", str(tmp_path / "t.png")])
     assert all(os.path.getsize(p) > 1000 for p in paths.values())
-
-
-@pytest.fixture(scope="module")
-def instruct_model_path() -> str:
-    path = os.environ.get("GENJO_TEST_MODEL") or DEFAULT_MODEL
-    if not os.path.isdir(path):
-        message = f"instruct checkpoint {path} is missing (train it, or set GENJO_TEST_MODEL)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
