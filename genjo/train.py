@@ -75,7 +75,7 @@ class TrainArgs:
     n_heads: int = 5
     mlp_hidden_size: int = 448
     rope_theta: float = 10000.0
-    max_sequence_length: int = 512
+    max_sequence_length: int = 1024
     vocab_size: int = 512
 
 

@@ -1,0 +1,472 @@
+"""The Genjo mask predictor: a Llama-style Transformer without the causal mask.
+
+Given a partially masked sequence, the model predicts every position at once (arXiv 2502.09992).
+The time step t is never an input. Module and parameter names are those of the published
+checkpoints (``model.transformer.blocks.N.q_proj.weight``, ...), so those load unchanged.
+
+Shapes: B = batch, T = query length, S = key length (T, or more with a KV cache), D = d_model,
+H = query heads, Hkv = key/value heads, Dh = head dim, V = embedding_size.
+
+This file is copied next to the weights by ``save_pretrained`` and imported there as remote code,
+so it depends on nothing but ``torch``, ``transformers`` and ``configuration_genjo.py``.
+"""
+
+import json
+import os
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import logging
+
+from .configuration_genjo import GenjoConfig
+
+logger = logging.get_logger(__name__)
+
+# One (key, value) pair per layer, each (B, Hkv, S, Dh); keys are stored after RoPE.
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class GenjoOutput(NamedTuple):
+    logits: torch.Tensor  # (B, T, V)
+    attn_key_values: Optional[KVCache]  # present keys/values when use_cache
+    hidden_states: Optional[tuple[torch.Tensor, ...]]  # n_layers + 1 tensors of (B, T, D)
+
+
+class RMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps), computed in fp32, cast back, then scaled by the weight."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x32 = x.float()
+            x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """[-x2, x1] for x = [x1, x2] split in halves on the last dim (not interleaved)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding tables, in fp32.
+
+    The cos/sin tables are plain attributes, not buffers: they are derived from the config, must
+    never be saved, and must exist even when the model was built on the meta device.
+    """
+
+    def __init__(self, config: GenjoConfig):
+        super().__init__()
+        self.head_dim = config.d_model // config.n_heads
+        self.theta = config.rope_theta
+        self.table_length = config.max_sequence_length
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def tables(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin tables (P, Dh) in fp32 for positions 0..P-1, P >= length, grown on demand."""
+        cached = self._tables.get(device)
+        if cached is not None and cached[0].shape[0] >= length:
+            return cached
+        length = max(self.table_length, length)
+        exponent = torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float) / self.head_dim
+        inv_freq = 1.0 / (self.theta**exponent)  # (Dh/2,)
+        positions = torch.arange(length, device=device, dtype=torch.float)
+        angles = torch.outer(positions, inv_freq)  # (P, Dh/2)
+        angles = torch.cat((angles, angles), dim=-1)  # (P, Dh): rotate-half layout, not interleaved
+        self._tables[device] = (angles.cos(), angles.sin())
+        return self._tables[device]
+
+    def forward(self, position_ids: torch.Tensor, max_position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (B, 1, T, Dh) fp32 for position_ids (B, T) whose values are <= max_position."""
+        cos, sin = self.tables(max_position + 1, position_ids.device)
+        return cos[position_ids].unsqueeze(1), sin[position_ids].unsqueeze(1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, H, T, Dh) in fp32: x cos + rotate_half(x) sin; returns x's dtype."""
+    x32 = x.float()
+    return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+
+
+class GenjoBlock(nn.Module):
+    """Pre-norm Llama block: h = x + Attn(norm(x)); out = h + SwiGLU(norm(h))."""
+
+    def __init__(self, config: GenjoConfig, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        self.n_heads = config.n_heads
+        self.n_kv_heads = config.n_kv_heads
+        self.head_dim = config.d_model // config.n_heads
+        self.is_causal = False  # read by attention helpers that default to causal
+        d, kv_dim, hidden = config.d_model, config.n_kv_heads * self.head_dim, config.mlp_hidden_size
+        self.attn_norm = RMSNorm(d, config.rms_norm_eps)
+        self.ff_norm = RMSNorm(d, config.rms_norm_eps)
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, kv_dim, bias=False)
+        self.v_proj = nn.Linear(d, kv_dim, bias=False)
+        self.attn_out = nn.Linear(d, d, bias=False)
+        self.ff_proj = nn.Linear(d, hidden, bias=False)  # the gate, through SiLU
+        self.up_proj = nn.Linear(d, hidden, bias=False)
+        self.ff_out = nn.Linear(hidden, d, bias=False)  # down projection
+
+    def attention(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        attention_bias: Optional[torch.Tensor],
+        layer_past: Optional[tuple[torch.Tensor, torch.Tensor]],
+        replace_position: Optional[torch.Tensor],
+        use_cache: bool,
+    ) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
+        """Bidirectional attention of the T queries in x (B, T, D) over all S keys.
+
+        Without ``layer_past`` the keys are x itself (S = T). With ``layer_past`` (B, Hkv, P, Dh)
+        and no ``replace_position``, x's keys are appended after the cached ones (S = P + T; the
+        prefix cache). With ``replace_position`` (B, P) bool holding T true entries per row, x's
+        keys overwrite the cache in place at those columns (S = P; the dual cache).
+        """
+        B, T, D = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+
+        if layer_past is not None and replace_position is not None:
+            past_k, past_v = layer_past
+            # (B, Hkv, P, Dh) viewed as (B, P, Hkv, Dh): boolean indexing picks (B*T, Hkv, Dh)
+            past_k.transpose(1, 2)[replace_position] = k.transpose(1, 2).reshape(-1, *k.shape[1::2])
+            past_v.transpose(1, 2)[replace_position] = v.transpose(1, 2).reshape(-1, *v.shape[1::2])
+            k, v = past_k, past_v
+        elif layer_past is not None:
+            k = torch.cat((layer_past[0], k), dim=2)
+            v = torch.cat((layer_past[1], v), dim=2)
+        present = (k, v) if use_cache else None
+
+        if self.n_kv_heads != self.n_heads:  # grouped-query attention
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attention_bias, dropout_p=0.0, is_causal=False, scale=self.head_dim**-0.5
+        )  # (B, H, T, Dh)
+        out = out.transpose(1, 2).reshape(B, T, D)
+        return self.attn_out(out), present
+
+    def forward(self, x, rope, attention_bias=None, layer_past=None, replace_position=None, use_cache=False):
+        """x: (B, T, D); rope: cos, sin (B, 1, T, Dh). Returns (B, T, D) and the present K/V."""
+        a, present = self.attention(self.attn_norm(x), rope, attention_bias, layer_past, replace_position, use_cache)
+        h = x + a
+        n = self.ff_norm(h)
+        out = h + self.ff_out(F.silu(self.ff_proj(n)) * self.up_proj(n))
+        return out, present
+
+
+def _check_supported(config: GenjoConfig) -> None:
+    unsupported = {
+        "block_type": (config.block_type, "llama"),
+        "activation_type": (config.activation_type, "silu"),
+        "layer_norm_type": (config.layer_norm_type, "rms"),
+        "rope": (config.rope, True),
+        "alibi": (config.alibi, False),
+        "include_bias": (config.include_bias, False),
+        "include_qkv_bias": (config.include_qkv_bias, False),
+        "bias_for_layer_norm": (config.bias_for_layer_norm, False),
+        "attention_layer_norm": (config.attention_layer_norm, False),
+        "layer_norm_with_affine": (config.layer_norm_with_affine, True),
+        "scale_logits": (config.scale_logits, False),
+        "input_emb_norm": (config.input_emb_norm, False),
+        "block_group_size": (config.block_group_size, 1),
+        "clip_qkv": (config.clip_qkv, None),
+    }
+    for name, (value, supported) in unsupported.items():
+        if value != supported:
+            raise NotImplementedError(f"GenjoConfig.{name}={value!r} is not implemented (only {supported!r}).")
+    if config.d_model % config.n_heads or config.n_heads % config.n_kv_heads:
+        raise ValueError(
+            f"d_model ({config.d_model}) must be divisible by n_heads ({config.n_heads}), and n_heads "
+            f"by n_kv_heads ({config.n_kv_heads})."
+        )
+
+
+class GenjoModel(nn.Module):
+    """Embedding, blocks, final norm and LM head, under the published names ``transformer.*``."""
+
+    def __init__(self, config: GenjoConfig):
+        super().__init__()
+        _check_supported(config)
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.embedding_size, config.d_model),
+                blocks=nn.ModuleList(GenjoBlock(config, i) for i in range(config.n_layers)),
+                ln_f=RMSNorm(config.d_model, config.rms_norm_eps),
+            )
+        )
+        if not config.weight_tying:
+            self.transformer["ff_out"] = nn.Linear(config.d_model, config.embedding_size, bias=False)
+        self.rotary_emb = RotaryEmbedding(config)  # shared by all blocks; holds no parameters
+        _set_init_std(config, self)
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits (..., V) from post-ln_f hidden states (..., D)."""
+        if self.config.weight_tying:
+            return F.linear(hidden, self.transformer.wte.weight)
+        return self.transformer.ff_out(hidden)
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor],
+        input_embeddings: Optional[torch.FloatTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        attention_bias: Optional[torch.Tensor] = None,
+        past_key_values: Optional[KVCache] = None,
+        use_cache: bool = False,
+        last_logits_only: bool = False,
+        output_hidden_states: Optional[bool] = None,
+        position_ids: Optional[torch.LongTensor] = None,
+        replace_position: Optional[torch.BoolTensor] = None,
+        logits_mask: Optional[torch.BoolTensor] = None,
+    ) -> GenjoOutput:
+        """Logits for every query position.
+
+        input_ids: (B, T) int64, or input_embeddings (B, T, D).
+        attention_mask: (B, S) of 1 (token) / 0 (padding) over all keys, cached ones included.
+            Padding keys are hidden from every query; padding queries produce ignored outputs.
+        attention_bias: optional (1|B, 1, S, S) or (1|B, 1, T, S); bool/int true = allowed, float
+            = additive. Square biases are sliced to the last T query rows.
+        past_key_values / replace_position: see :meth:`GenjoBlock.attention`.
+        position_ids: (B, T); by default derived from attention_mask so that each row's first real
+            token is position 0 (then sliced to the query columns when a cache is used).
+        logits_mask: optional (B, T) bool; logits are then computed only there and returned as
+            (N, V), N = logits_mask.sum(), in row-major order (the LM head is ~7% of the 8B's FLOPs
+            and its output 0.25 MB per position: the likelihood needs it at masked slots only).
+        Returns GenjoOutput with logits (B, T, V) (or (B, 1, V) with last_logits_only) in the
+        model's dtype.
+        """
+        x = self.transformer.wte(input_ids) if input_embeddings is None else input_embeddings
+        B, T, _ = x.shape
+        if past_key_values is None:
+            S = T
+        elif replace_position is not None:
+            S = past_key_values[0][0].shape[2]
+        else:
+            S = past_key_values[0][0].shape[2] + T
+        if attention_mask is not None and attention_mask.shape != (B, S):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected (B, S) = {(B, S)}.")
+
+        max_position = S - 1  # positions derived below never exceed the key length
+        if position_ids is not None:
+            max_position = int(position_ids.max())
+        else:
+            if attention_mask is not None:
+                all_positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S)
+            else:
+                all_positions = torch.arange(S, device=x.device).expand(B, S)
+            if replace_position is not None:
+                position_ids = all_positions[replace_position].view(B, T)
+            else:
+                position_ids = all_positions[:, S - T :]
+
+        rope = self.rotary_emb(position_ids, max_position)
+        bias = self._attention_bias(attention_mask, attention_bias, T, S, x.dtype)
+        hidden_states = [] if output_hidden_states else None
+        presents = [] if use_cache else None
+        for i, block in enumerate(self.transformer.blocks):
+            if hidden_states is not None:
+                hidden_states.append(x)
+            layer_past = past_key_values[i] if past_key_values is not None else None
+            x, present = block(x, rope, bias, layer_past, replace_position, use_cache)
+            if presents is not None:
+                presents.append(present)
+        if last_logits_only:
+            x = x[:, -1:, :]
+        x = self.transformer.ln_f(x)
+        if hidden_states is not None:
+            hidden_states.append(x)
+        if logits_mask is not None:
+            x = x[logits_mask]  # (N, D)
+        logits = self.lm_head(x)
+        return GenjoOutput(logits, presents, tuple(hidden_states) if hidden_states is not None else None)
+
+    @staticmethod
+    def _attention_bias(attention_mask, attention_bias, T: int, S: int, dtype) -> Optional[torch.Tensor]:
+        """Additive bias (1|B, 1, T, S) in the query dtype, or None when nothing is hidden."""
+        min_value = torch.finfo(torch.float32).min
+        bias = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            pad_bias = (1.0 - attention_mask.float()) * min_value  # (B, S)
+            bias = pad_bias[:, None, None, :]
+        if attention_bias is not None:
+            if attention_bias.dtype in (torch.bool, torch.int32, torch.int64, torch.uint8):
+                extra = torch.zeros(attention_bias.shape, dtype=torch.float32, device=attention_bias.device)
+                extra = extra.masked_fill(~attention_bias.bool(), min_value)
+            else:
+                extra = attention_bias.float()
+            extra = extra[..., extra.shape[-2] - T :, :S]
+            bias = extra if bias is None else bias + extra
+        if bias is None:
+            return None
+        # The sum of two minima is -inf in fp32; clamp keeps softmax finite for fully hidden rows.
+        return bias.clamp(min=min_value).to(dtype)
+
+
+class GenjoPreTrainedModel(PreTrainedModel):
+    config_class = GenjoConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["GenjoBlock"]
+    _supports_sdpa = True
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Truncated-normal init with the std that ``_set_init_std`` attached to each weight's module.
+
+        Transformers calls this on every module, leaves first; only leaves own weights.
+        """
+        if isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+        elif isinstance(module, (nn.Linear, nn.Embedding)):
+            std = getattr(module, "init_std", self.config.init_std)
+            cutoff = self.config.init_cutoff_factor or 3.0
+            nn.init.trunc_normal_(module.weight, mean=0.0, std=std, a=-cutoff * std, b=cutoff * std)
+
+
+def _set_init_std(config: GenjoConfig, model: "GenjoModel") -> None:
+    """Attach the init std of every weight: "mitchell" (from fan-in and depth, as the release) or "normal"."""
+    if config.init_fn not in ("mitchell", "normal"):
+        raise NotImplementedError(f"init_fn={config.init_fn!r} is not implemented (use 'mitchell' or 'normal').")
+    mitchell = config.init_fn == "mitchell"
+    d = config.d_model
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.init_std = d**-0.5 if mitchell else config.init_std
+    if mitchell:  # residual outputs shrink with depth
+        for block in model.transformer.blocks:
+            depth = 2 * (block.layer_id + 1)
+            block.attn_out.init_std = (d * depth) ** -0.5
+            block.ff_out.init_std = (config.mlp_hidden_size * depth) ** -0.5
+
+
+class GenjoModelLM(GenjoPreTrainedModel):
+    """Hugging Face wrapper: ``GenjoModelLM.model`` is the :class:`GenjoModel`."""
+
+    supports_logits_mask = True  # forward(logits_mask=...) computes the LM head only where asked
+
+    def __init__(self, config: GenjoConfig, model: Optional[GenjoModel] = None, init_params: bool = False):
+        # init_params is accepted for compatibility with the original release; weights are always
+        # initialised by post_init (and then overwritten by from_pretrained).
+        super().__init__(config)
+        self.model = model if model is not None else GenjoModel(config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        attention_bias: Optional[torch.Tensor] = None,
+        past_key_values: Optional[KVCache] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        cache_position: Optional[torch.Tensor] = None,  # ignored: positions come from the mask
+        position_ids: Optional[torch.LongTensor] = None,
+        replace_position: Optional[torch.BoolTensor] = None,
+        logits_mask: Optional[torch.BoolTensor] = None,
+        **kwargs,
+    ):
+        """See :meth:`GenjoModel.forward`. Returns CausalLMOutputWithPast(logits (B, T, V), ...)."""
+        if output_attentions:
+            raise ValueError("output_attentions=True is not supported: attention runs in fused SDPA kernels.")
+        if labels is not None:
+            logger.warning_once("labels are ignored: the masked-diffusion loss lives in genjo/train.py; loss is None.")
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("Pass input_ids (B, T) or inputs_embeds (B, T, D).")
+        if use_cache is None:
+            use_cache = self.config.use_cache
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        outputs = self.model(
+            input_ids,
+            input_embeddings=inputs_embeds,
+            attention_mask=attention_mask,
+            attention_bias=attention_bias,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            position_ids=position_ids,
+            replace_position=replace_position,
+            logits_mask=logits_mask,
+        )
+        if not return_dict:
+            return tuple(v for v in (outputs.logits, outputs.attn_key_values, outputs.hidden_states) if v is not None)
+        return CausalLMOutputWithPast(
+            logits=outputs.logits, past_key_values=outputs.attn_key_values, hidden_states=outputs.hidden_states
+        )
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """PreTrainedModel.from_pretrained, but a missing, unexpected or mis-shaped weight is an error.
+
+        Published checkpoints are loaded by their exact key names; silently initialising a missing
+        weight at random would give a model that runs and answers nonsense.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        problems = {k: v for k, v in problems.items() if v}
+        if problems:
+            details = "; ".join(
+                f"{k}: {', '.join(map(str, v[:5]))}{' ...' if len(v) > 5 else ''}" for k, v in problems.items()
+            )
+            raise ValueError(f"The checkpoint does not match the Genjo architecture ({details}). "
+                             "Check config.json (n_layers, d_model, ...) against the weights.")  # fmt: skip
+        return (model, info) if want_info else model
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.transformer.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.transformer.wte = value
+
+    def get_output_embeddings(self):
+        return self.model.transformer.wte if self.config.weight_tying else self.model.transformer.ff_out
+
+    def set_output_embeddings(self, value) -> None:
+        if self.config.weight_tying:
+            self.model.transformer.wte = value
+        else:
+            self.model.transformer.ff_out = value
+
+    def tie_weights(self, *args, **kwargs):
+        """Weight tying is done in the forward (``lm_head``), never by sharing parameters."""
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save weights, config, and this modeling code with an ``auto_map`` for remote code."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        config_path = os.path.join(save_directory, "config.json")
+        with open(config_path) as f:
+            config = json.load(f)
+        config["auto_map"] = {
+            "AutoConfig": "configuration_genjo.GenjoConfig",
+            "AutoModel": "modeling_genjo.GenjoModelLM",
+            "AutoModelForCausalLM": "modeling_genjo.GenjoModelLM",
+        }
+        with open(config_path, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+
+GenjoConfig.register_for_auto_class()
+GenjoModelLM.register_for_auto_class("AutoModel")
+
+__all__ = ["GenjoConfig", "GenjoModel", "GenjoModelLM", "GenjoOutput", "GenjoPreTrainedModel"]

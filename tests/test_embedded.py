@@ -1,0 +1,77 @@
+"""The shipped Genjo-tiny checkpoints: plain-transformers loading, consistency, exactness of the fast options."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import require_checkpoint
+
+from generate import GenerationStats, generate
+from genjo import tinyworld
+from genjo.evaluation import chat_prompt_batch
+from genjo.loading import DEFAULT_BASE_MODEL, DEFAULT_MODEL, load_model
+from genjo.tokenizer import special_token_ids
+
+
+@pytest.fixture(scope="module")
+def instruct():
+    return load_model(require_checkpoint(DEFAULT_MODEL), device="cpu")
+
+
+@pytest.mark.parametrize("path", [DEFAULT_BASE_MODEL, DEFAULT_MODEL])
+def test_checkpoint_is_small_and_consistent_with_its_tokenizer(path):
+    require_checkpoint(path)
+    model, tokenizer = load_model(path, device="cpu")
+    ids = special_token_ids(tokenizer)
+    config = model.config
+    assert (config.mask_token_id, config.eos_token_id, config.eot_token_id) == (
+        ids["mask_token_id"],
+        ids["eos_token_id"],
+        ids["eot_token_id"],
+    )
+    assert config.embedding_size >= len(tokenizer)
+    assert os.path.getsize(os.path.join(path, "model.safetensors")) < 10 * 2**20
+
+
+def test_loads_with_only_transformers(tmp_path):
+    """AutoModel / AutoTokenizer with trust_remote_code, in an interpreter without the project on sys.path."""
+    path = require_checkpoint(DEFAULT_MODEL)
+    script = textwrap.dedent(f"""
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+        model = AutoModel.from_pretrained({path!r}, trust_remote_code=True).eval()
+        tokenizer = AutoTokenizer.from_pretrained({path!r})
+        text = tokenizer.apply_chat_template([dict(role="user", content="Sort: 3 1 2")], add_generation_prompt=True,
+                                             tokenize=False)
+        ids = torch.tensor([tokenizer(text)["input_ids"]])
+        assert model(ids).logits.shape[:2] == ids.shape
+        assert type(model).__module__.startswith("transformers_modules")
+        print("OK")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+
+
+def test_early_stop_never_changes_greedy_answers(instruct):
+    """Early exit on the embedded model's prompts: same canvas at temperature 0, fewer forwards."""
+    model, tokenizer = instruct
+    problems = tinyworld.sample_problems(16, seed=31, split="heldout")
+    prompt, mask = chat_prompt_batch(tokenizer, [p.question for p in problems])
+    for kwargs in (dict(steps=64), dict(threshold=0.9, cache="dual")):
+        full = generate(model, prompt, mask, gen_length=64, block_length=16, **kwargs)
+        stats = GenerationStats()
+        stopped = generate(model, prompt, mask, gen_length=64, block_length=16, early_stop=True, stats=stats, **kwargs)
+        assert torch.equal(stopped, full)
+        assert stats.rows_early_stopped > 0
+
+
+def test_threshold_above_one_is_one_token_per_step_on_the_embedded_model(instruct):
+    model, tokenizer = instruct
+    prompt, mask = chat_prompt_batch(tokenizer, ["Reverse: alpha bravo charlie", "What is 12 + 30?"])
+    default = generate(model, prompt, mask, steps=32, gen_length=32, block_length=32)
+    assert torch.equal(generate(model, prompt, mask, gen_length=32, block_length=32, threshold=1.01), default)
