@@ -28,10 +28,11 @@ from tqdm.auto import tqdm
 
 from generate import MASK_ID, REMASKING, _config_id, generate, token_confidence
 from genjo.loading import DEFAULT_BASE_MODEL, DEFAULT_MODEL, load_model
-from get_log_likelihood import get_log_likelihood, get_logits
+from get_log_likelihood import get_log_likelihoods, get_logits
 
 TASKS_DIR = Path(__file__).resolve().parent / "eval_tasks"
 SEED = 1234
+MAX_SHARED_REQUESTS = 16  # likelihood requests with one context scored in shared forwards
 # Keyword arguments lm-eval itself adds to the model arguments; accepted and unused.
 LM_EVAL_EXTRAS = ("max_batch_size",)
 
@@ -306,41 +307,62 @@ class GenjoEvalHarness(LM):
             seq[0, j] = x0[j]
         return bool((seq[0, len(prefix) :] == target).all())
 
+    def _encode_request(self, index: int, context: str, continuation: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context and continuation ids of one likelihood request, checked against ``max_length``."""
+        context_ids, continuation_ids = self._encode_pair(context, continuation)
+        if not continuation_ids:
+            raise ValueError(f"request {index}: the continuation {continuation!r} has no tokens to score.")
+        total = len(context_ids) + len(continuation_ids)
+        if total > self.max_length:
+            raise ValueError(
+                f"request {index}: context + continuation are {total} tokens, more than max_length="
+                f"{self.max_length}. Use fewer few-shot examples (--num_fewshot) or a model with a longer "
+                "max_sequence_length."
+            )
+        return torch.tensor(context_ids, dtype=torch.long), torch.tensor(continuation_ids, dtype=torch.long)
+
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, float]]:
         """(ELBO of log p(continuation | context), is_greedy) per request, in order.
 
-        Requests are tokenized one at a time as they are scored, so memory does not grow with their
-        number. Raises ValueError when a context + continuation exceeds ``max_length``.
+        Consecutive requests with the same context (the choices of one question) are scored
+        together: their Monte-Carlo rows share forwards and their masking noise (common random
+        numbers). Requests are tokenized group by group as they are scored, so memory does not grow
+        with their number. Raises ValueError when a context + continuation exceeds ``max_length``.
         """
         if self.mc_num % min(self.batch_size, self.mc_num):  # checked here: generation tasks need no mc_num
             raise ValueError(f"batch_size ({self.batch_size}) must divide mc_num ({self.mc_num}) for likelihood "
                              "tasks; e.g. use powers of two.")  # fmt: skip
         results = []
-        for index, request in enumerate(
-            tqdm(requests, desc="Computing likelihood...", disable=disable_tqdm or self.rank != 0)
-        ):
-            context, continuation = request.args
-            context_ids, continuation_ids = self._encode_pair(context, continuation)
-            if not continuation_ids:
-                raise ValueError(f"request {index}: the continuation {continuation!r} has no tokens to score.")
-            total = len(context_ids) + len(continuation_ids)
-            if total > self.max_length:
-                raise ValueError(
-                    f"request {index}: context + continuation are {total} tokens, more than max_length="
-                    f"{self.max_length}. Use fewer few-shot examples (--num_fewshot) or a model with a longer "
-                    "max_sequence_length."
-                )
-            prefix = torch.tensor(context_ids, dtype=torch.long)
-            target = torch.tensor(continuation_ids, dtype=torch.long)
-            # Noise seeded from the context alone: the choices of a question share their random numbers
-            # (lower variance of their comparison), and a result never depends on order, batch or process.
-            generator = torch.Generator().manual_seed(self._seed_of(context))
-            ll = get_log_likelihood(self.model, prefix, target, mc_num=self.mc_num, batch_size=self.batch_size,
-                                    cfg_scale=self.cfg, mask_id=self.mask_id, generator=generator)  # fmt: skip
+        total = len(requests) if hasattr(requests, "__len__") else None
+        progress = tqdm(total=total, desc="Computing likelihood...", disable=disable_tqdm or self.rank != 0)
+        group: list = []  # consecutive (index, request) pairs with one context, at most MAX_SHARED_REQUESTS
+        for index, request in enumerate(requests):
+            if group and (request.args[0] != group[0][1].args[0] or len(group) == MAX_SHARED_REQUESTS):
+                results += self._score_group(group)
+                progress.update(len(group))
+                group = []
+            group.append((index, request))
+        if group:
+            results += self._score_group(group)
+            progress.update(len(group))
+        progress.close()
+        return results
+
+    def _score_group(self, group: list) -> list[tuple[float, float]]:
+        """(ll, is_greedy) of (index, request) pairs that share one context, scored in shared forwards."""
+        context = group[0][1].args[0]
+        pairs = [self._encode_request(index, *request.args) for index, request in group]
+        # Noise seeded from the context alone: the choices of a question share their random numbers
+        # (lower variance of their comparison), and a result never depends on order, batch or process.
+        generators = [torch.Generator().manual_seed(self._seed_of(context)) for _ in pairs]
+        lls = get_log_likelihoods(self.model, pairs, mc_num=self.mc_num, batch_size=self.batch_size,
+                                  cfg_scale=self.cfg, mask_id=self.mask_id, generators=generators)  # fmt: skip
+        scored = []
+        for (_, request), (prefix, target), ll in zip(group, pairs, lls):
             greedy = self.suffix_greedy_prediction(prefix, target)
             self.cache_hook.add_partial("loglikelihood", request.args, (ll, greedy))
-            results.append((ll, float(greedy)))
-        return results
+            scored.append((ll, float(greedy)))
+        return scored
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         raise NotImplementedError(

@@ -8,11 +8,16 @@ with T = answer length. Each Monte-Carlo row masks exactly l answer slots; l is 
 rows of a batch (evenly spaced from a random start) to lower the variance. The prompt is never
 masked. With a one-token answer every row masks that token, so mc_num = 1 gives log p exactly.
 
-    from get_log_likelihood import get_log_likelihood
+    from get_log_likelihood import get_log_likelihood, get_log_likelihoods
     ll = get_log_likelihood(model, prompt_ids, answer_ids, mc_num=128)
+    lls = get_log_likelihoods(model, [(prompt_ids, choice_ids) for choice_ids in choices], mc_num=128)
+
+``get_log_likelihoods`` scores several pairs (e.g. the choices of one question) with their
+Monte-Carlo rows stacked into shared forwards: the same estimates, fewer and fuller forward passes.
 """
 
 import argparse
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -56,23 +61,29 @@ def get_logits(
     cfg_scale: float,
     mask_id: int,
     logits_mask: Optional[torch.Tensor] = None,
+    attention_mask: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Logits (b, L, V) of the noisy batch, with unsupervised classifier-free guidance when cfg_scale > 0.
 
-    The unconditional copy masks every prompt column and keeps the answer's noise; both run in one
+    prompt_index: (L,) bool, or (b, L) bool when the rows have prompts of different lengths. The
+    unconditional copy masks every prompt column and keeps the answer's noise; both run in one
     forward: logits = un + (cfg_scale + 1) (cond - un). With logits_mask (b, L) bool, only those
-    positions are computed and returned as (N, V) (GenjoModelLM's ``logits_mask``).
+    positions are computed and returned as (N, V) (GenjoModelLM's ``logits_mask``). attention_mask
+    (b, L) of 1/0 hides padding keys.
     """
     kwargs = {}
     if cfg_scale > 0.0:
-        un_batch = batch.clone()
-        un_batch[:, prompt_index] = mask_id
+        un_batch = torch.where(prompt_index, mask_id, batch)
         if logits_mask is not None:
             kwargs["logits_mask"] = torch.cat([logits_mask, logits_mask])
+        if attention_mask is not None:
+            kwargs["attention_mask"] = torch.cat([attention_mask, attention_mask])
         cond, uncond = model(torch.cat([batch, un_batch]), **kwargs).logits.chunk(2)
         return uncond + (cfg_scale + 1) * (cond - uncond)
     if logits_mask is not None:
         kwargs["logits_mask"] = logits_mask
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
     return model(batch, **kwargs).logits
 
 
@@ -97,6 +108,7 @@ def get_log_likelihood(
     *,
     generator: Optional[torch.Generator] = None,
     exact_single_token: bool = True,
+    deduplicate: bool = True,
 ) -> float:
     """Monte-Carlo ELBO of log p(answer | prompt), in nats, summed over the answer tokens.
 
@@ -107,14 +119,42 @@ def get_log_likelihood(
     generator: a CPU torch.Generator for the masking noise (pass generators seeded alike to score the
     choices of one question with common random numbers). exact_single_token: a one-token answer is
     masked in every sample, so all samples are the same: compute it with a single forward (the
-    estimate equals the exact log-probability, as with mc_num=1).
+    estimate equals the exact log-probability, as with mc_num=1). deduplicate: run a noisy row that
+    was drawn several times once (same estimate; short answers have few distinct maskings).
+    """
+    estimates = get_log_likelihoods(model, [(prompt, answer)], mc_num, batch_size, cfg_scale, mask_id,
+                                    generators=[generator], exact_single_token=exact_single_token,
+                                    deduplicate=deduplicate)  # fmt: skip
+    return estimates[0]
+
+
+@torch.no_grad()
+def get_log_likelihoods(
+    model,
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    mc_num: int = 128,
+    batch_size: int = 16,
+    cfg_scale: float = 0.0,
+    mask_id: Optional[int] = None,
+    *,
+    generators: Optional[Sequence[Optional[torch.Generator]]] = None,
+    exact_single_token: bool = True,
+    deduplicate: bool = True,
+) -> list[float]:
+    """``get_log_likelihood`` of several (prompt, answer) pairs, their Monte-Carlo rows sharing forwards.
+
+    Pair i draws its mc_num noisy rows from generators[i] exactly as ``get_log_likelihood`` would
+    (a one-token pair: its single exact row). With deduplicate, a row drawn k times is run once and
+    counted k times. The rows of all pairs are packed batch_size * len(pairs) to a forward,
+    right-padded with an attention mask. The estimates equal those of each pair alone up to float
+    rounding. Returns one float per pair, in order.
     """
     mask_id = _config_id(model, "mask_token_id", MASK_ID) if mask_id is None else mask_id
-    prompt, answer = _as_1d(prompt, "prompt"), _as_1d(answer, "answer")
-    if answer.numel() == 0:
-        raise ValueError("answer is empty: the likelihood of nothing is not defined; give at least one token.")
-    if bool((answer == mask_id).any()):
-        raise ValueError(f"answer contains the mask id {mask_id}; it cannot be scored.")
+    if not pairs:
+        return []
+    generators = [None] * len(pairs) if generators is None else list(generators)
+    if len(generators) != len(pairs):
+        raise ValueError(f"got {len(generators)} generators for {len(pairs)} pairs; give one per pair (or None).")
     if mc_num < 1:
         raise ValueError(f"mc_num ({mc_num}) must be >= 1.")
     if batch_size < 1:
@@ -125,28 +165,69 @@ def get_log_likelihood(
     if cfg_scale < 0:
         raise ValueError(f"cfg_scale ({cfg_scale}) must be >= 0.")
     max_len = getattr(getattr(model, "config", None), "max_sequence_length", None)
-    if max_len is not None and prompt.numel() + answer.numel() > max_len:
-        raise ValueError(f"prompt + answer ({prompt.numel() + answer.numel()} tokens) exceed the model's "
-                         f"max_sequence_length ({max_len}); truncate the prompt from the left.")  # fmt: skip
+    device = model.device if hasattr(model, "device") else torch.device("cpu")
 
-    device = model.device if hasattr(model, "device") else answer.device
-    if exact_single_token and answer.numel() == 1:
-        mc_num = batch_size = 1  # every sample masks the one answer token: one forward is exact
-    seq = torch.cat([prompt, answer]).to(device)[None, :].repeat(batch_size, 1)  # (b, L)
-    prompt_index = torch.arange(seq.shape[1], device=device) < prompt.numel()
-    head_at_masks = getattr(model, "supports_logits_mask", False)
+    sequences, prompt_lengths = [], []
+    for prompt, answer in pairs:
+        prompt, answer = _as_1d(prompt, "prompt"), _as_1d(answer, "answer")
+        if answer.numel() == 0:
+            raise ValueError("answer is empty: the likelihood of nothing is not defined; give at least one token.")
+        if bool((answer == mask_id).any()):
+            raise ValueError(f"answer contains the mask id {mask_id}; it cannot be scored.")
+        if max_len is not None and prompt.numel() + answer.numel() > max_len:
+            raise ValueError(f"prompt + answer ({prompt.numel() + answer.numel()} tokens) exceed the model's "
+                             f"max_sequence_length ({max_len}); truncate the prompt from the left.")  # fmt: skip
+        sequences.append(torch.cat([prompt, answer]).to(device))
+        prompt_lengths.append(prompt.numel())
 
-    losses = []
-    for _ in range(mc_num // batch_size):
-        noisy, p_mask = forward_process(seq, prompt_index, mask_id, generator)
+    # Draw every pair's noisy rows first (cheap; the same draws, in the same order, as one pair alone),
+    # then run each distinct row once, weighted by how often it was drawn. A T-token answer has only
+    # 2^T - 1 maskings, so for short answers many of the mc_num rows repeat and cost nothing.
+    units = []  # (pair, noisy row (L_i,), masked answer slots (L_i,), weight of its summed CE)
+    for i, seq in enumerate(sequences):
+        length, answer_length = seq.numel(), seq.numel() - prompt_lengths[i]
+        single = exact_single_token and answer_length == 1  # every sample masks the one token: one row is exact
+        rows, n_batches = (1, 1) if single else (batch_size, mc_num // batch_size)
+        prompt_index = torch.arange(length, device=device) < prompt_lengths[i]
+        batch = seq[None, :].repeat(rows, 1)  # (b, L_i)
+        noisy = torch.cat([forward_process(batch, prompt_index, mask_id, generators[i])[0] for _ in range(n_batches)])
+        counts = torch.ones(noisy.shape[0], device=device)
+        if deduplicate:
+            noisy, counts = torch.unique(noisy, dim=0, return_counts=True)
         masked = (noisy == mask_id) & ~prompt_index  # a mask id inside the prompt is not an answer slot
+        # weight = (count / rows drawn) / p_mask with p_mask = masked / T: the estimator's 1/p weighting
+        weights = counts.float() / (rows * n_batches) * answer_length / masked.sum(1).float()
+        units += [(i, noisy[r], masked[r], float(weights[r])) for r in range(noisy.shape[0])]
+
+    head_at_masks = getattr(model, "supports_logits_mask", False)
+    pad_id = _config_id(model, "pad_token_id", 0)
+    capacity = batch_size * len(pairs)  # rows per forward
+    totals = [0.0] * len(pairs)
+    for start in range(0, len(units), capacity):
+        chunk = units[start : start + capacity]
+        longest = max(noisy.numel() for _, noisy, _, _ in chunk)
+        noisy = torch.stack([F.pad(n, (0, longest - n.numel()), value=pad_id) for _, n, _, _ in chunk])  # (b, L)
+        clean = torch.stack([F.pad(sequences[i], (0, longest - sequences[i].numel()), value=pad_id) for i, *_ in chunk])
+        masked = torch.stack([F.pad(m, (0, longest - m.numel()), value=False) for _, _, m, _ in chunk])
+        prompt_index = (
+            torch.arange(longest, device=device)[None, :]
+            < torch.tensor([prompt_lengths[i] for i, *_ in chunk], device=device)[:, None]
+        )
+        real = (
+            torch.arange(longest, device=device)[None, :]
+            < torch.tensor([n.numel() for _, n, _, _ in chunk], device=device)[:, None]
+        )
+        attention_mask = None if bool(real.all()) else real.long()
         if head_at_masks:
-            logits = get_logits(model, noisy, prompt_index, cfg_scale, mask_id, logits_mask=masked)  # (N, V)
+            logits = get_logits(model, noisy, prompt_index, cfg_scale, mask_id, masked, attention_mask)  # (N, V)
         else:
-            logits = get_logits(model, noisy, prompt_index, cfg_scale, mask_id)[masked]
-        ce = F.cross_entropy(logits.float(), seq[masked], reduction="none") / p_mask[masked]
-        losses.append(ce.sum().item() / batch_size)
-    return -sum(losses) / len(losses)
+            logits = get_logits(model, noisy, prompt_index, cfg_scale, mask_id, attention_mask=attention_mask)[masked]
+        ce = F.cross_entropy(logits.float(), clean[masked], reduction="none")  # (N,)
+        row_of_slot = torch.arange(len(chunk), device=device)[:, None].expand_as(masked)[masked]
+        per_row = torch.zeros(len(chunk), device=device).index_add_(0, row_of_slot, ce)  # (b,) summed CE
+        for (i, _, _, weight), loss in zip(chunk, per_row.tolist()):
+            totals[i] += weight * loss
+    return [-total for total in totals]
 
 
 def main() -> None:

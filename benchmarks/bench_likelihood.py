@@ -5,11 +5,14 @@ setting scores every choice of every question with get_log_likelihood() and pick
 
 - reference: independent noise per choice, LM head on every position, no one-token shortcut
   (what the original estimator does);
+- reference again with other noise: how often the estimator at mc_num disagrees with itself;
 - genjo: common random numbers across the choices of a question, LM head only at masked slots,
-  exact one-forward path for one-token answers;
-- genjo at a quarter of the samples (mc_num / 4).
+  exact one-forward path for one-token answers, repeated noisy rows run once, the choices of a
+  question scored together in shared forwards (get_log_likelihoods);
+- genjo and reference at a quarter of the samples (mc_num / 4).
 
-Prints forwards, seconds per request, accuracy, and agreement of the decisions with the reference.
+Prints forwards, seconds per request, accuracy, and agreement of the decisions with the reference
+and with genjo at mc_num.
 
     python benchmarks/bench_likelihood.py                        # embedded base model, CPU
     python benchmarks/bench_likelihood.py --model <8B-Base> --mc-num 128 --questions 100
@@ -28,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from genjo.loading import DEFAULT_BASE_MODEL, add_model_arguments, load_from_args  # noqa: E402
-from get_log_likelihood import get_log_likelihood  # noqa: E402
+from get_log_likelihood import get_log_likelihoods  # noqa: E402
 
 
 class CountingModel(torch.nn.Module):
@@ -50,21 +53,32 @@ class CountingModel(torch.nn.Module):
         return self.inner(input_ids, **kwargs)
 
 
-def score(model, tokenizer, docs, mc_num, batch_size, common_noise: bool, fast: bool) -> dict:
-    """Pick the most likely choice of each question; returns decisions, accuracy and cost."""
+def score(model, tokenizer, docs, mc_num, batch_size, noise_seed: int, common_noise: bool, fast: bool) -> dict:
+    """Pick the most likely choice of each question; returns decisions, accuracy and cost.
+
+    fast: LM head at masked slots only, one forward for one-token answers, repeated noisy rows run
+    once, and the choices of a question in shared forwards; otherwise every choice is scored alone,
+    every row run, with the full head.
+    """
     counting = CountingModel(model, full_head=not fast)
     decisions, requests = [], 0
     started = time.perf_counter()
     for doc in docs:
         context = torch.tensor(tokenizer(doc["context"], add_special_tokens=False)["input_ids"])
-        seed = int(hashlib.sha256(doc["context"].encode()).hexdigest()[:12], 16)
-        scores = []
-        for j, choice in enumerate(doc["choices"]):
-            answer = torch.tensor(tokenizer(" " + choice, add_special_tokens=False)["input_ids"])
-            generator = torch.Generator().manual_seed(seed if common_noise else seed + 7919 * (j + 1))
-            scores.append(get_log_likelihood(counting, context, answer, mc_num=mc_num, batch_size=batch_size,
-                                             generator=generator, exact_single_token=fast))  # fmt: skip
-            requests += 1
+        seed = int(hashlib.sha256(doc["context"].encode()).hexdigest()[:12], 16) + noise_seed
+        pairs = [
+            (context, torch.tensor(tokenizer(" " + c, add_special_tokens=False)["input_ids"])) for c in doc["choices"]
+        ]
+        generators = [torch.Generator().manual_seed(seed if common_noise else seed + 7919 * (j + 1))
+                      for j in range(len(pairs))]  # fmt: skip
+        kwargs = dict(mc_num=mc_num, batch_size=batch_size, exact_single_token=fast, deduplicate=fast)
+        if fast:
+            scores = get_log_likelihoods(counting, pairs, generators=generators, **kwargs)
+        else:
+            scores = [
+                get_log_likelihoods(counting, [pair], generators=[g], **kwargs)[0] for pair, g in zip(pairs, generators)
+            ]
+        requests += len(pairs)
         decisions.append(max(range(len(scores)), key=scores.__getitem__))
     wall = time.perf_counter() - started
     accuracy = 100 * sum(d == doc["label"] for d, doc in zip(decisions, docs)) / len(docs)
@@ -83,27 +97,34 @@ def main() -> None:
     lines = Path(args.data).read_text().splitlines()
     docs = [json.loads(line) for line in lines]
     docs = [docs[i] for i in range(0, len(docs), max(1, len(docs) // args.questions))][: args.questions]
-    score(model, tokenizer, docs[:1], 8, 8, True, True)  # warm-up
+    score(model, tokenizer, docs[:1], 8, 8, 0, True, True)  # warm-up
 
     quarter = max(1, args.mc_num // 4)
-    settings = {
-        f"reference, mc_num={args.mc_num}": (args.mc_num, False, False),
-        f"genjo, mc_num={args.mc_num}": (args.mc_num, True, True),
-        f"genjo, mc_num={quarter}": (quarter, True, True),
-        f"reference, mc_num={quarter}": (quarter, False, False),
+    settings = {  # name -> (mc_num, noise seed, common random numbers, fast path)
+        f"reference, mc_num={args.mc_num}": (args.mc_num, 0, False, False),
+        f"reference, mc_num={args.mc_num}, other noise": (args.mc_num, 1, False, False),
+        f"genjo, mc_num={args.mc_num}": (args.mc_num, 0, True, True),
+        f"genjo, mc_num={quarter}": (quarter, 0, True, True),
+        f"reference, mc_num={quarter}": (quarter, 0, False, False),
     }
     rows = {}
-    for name, (mc_num, common, fast) in settings.items():
-        rows[name] = score(model, tokenizer, docs, mc_num, min(args.batch_size, mc_num), common, fast)
+    for name, (mc_num, noise_seed, common, fast) in settings.items():
+        rows[name] = score(model, tokenizer, docs, mc_num, min(args.batch_size, mc_num), noise_seed, common, fast)
         print(f"  {name}: {rows[name]['wall']:.1f} s", file=sys.stderr)
-    reference = next(iter(rows.values()))
+    names = list(rows)
+    reference, genjo = rows[names[0]], rows[names[2]]
     print(f"model {args.model}, {model.dtype}, {model.device}, {torch.get_num_threads()} threads, "
           f"{len(docs)} questions x 4 choices\n")  # fmt: skip
-    print("| setting | sequence forwards | s / request | accuracy % | same decision as the first row % | speed-up |")
-    print("|---|---|---|---|---|---|")
+    print("| setting | sequence forwards | s / request | accuracy % | same decision as reference % | "
+          "same decision as genjo % | speed-up |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+
+    def agreement(r, base):
+        return 100 * sum(a == b for a, b in zip(r["decisions"], base["decisions"])) / len(docs)
+
     for name, r in rows.items():
-        same = 100 * sum(a == b for a, b in zip(r["decisions"], reference["decisions"])) / len(docs)
-        print(f"| {name} | {r['forwards']} | {r['per_request']:.3f} | {r['accuracy']:.1f} | {same:.1f} | "
+        print(f"| {name} | {r['forwards']} | {r['per_request']:.3f} | {r['accuracy']:.1f} | "
+              f"{agreement(r, reference):.1f} | {agreement(r, genjo):.1f} | "
               f"{reference['per_request'] / r['per_request']:.1f}x |")  # fmt: skip
 
 

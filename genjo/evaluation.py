@@ -116,15 +116,17 @@ def main() -> None:
     parser.add_argument("--per-family", type=int, default=500)
     parser.add_argument("--seed", type=int, default=123_456)
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--split", choices=["heldout", "train"], default="heldout",
+                        help="held-out problems (default) or problems of the training split")  # fmt: skip
     parser.add_argument("--curve", help="also plot this learning_curve.jsonl ...")
     parser.add_argument("--plot", help="... into this PNG")
     args = parser.parse_args()
 
     model, tokenizer = load_from_args(args)
     settings = {**TINY_SAMPLER_DEFAULTS, **(getattr(model.config, "sampler_defaults", None) or {})}
-    problems = tinyworld.sample_problems(args.per_family * len(tinyworld.FAMILIES), args.seed, split="heldout")
+    problems = tinyworld.sample_problems(args.per_family * len(tinyworld.FAMILIES), args.seed, split=args.split)
     acc = family_accuracy(model, tokenizer, problems, args.batch_size, progress=True, **settings)
-    print(f"{args.per_family} held-out problems per family (seed {args.seed}); sampler: {settings}\n")
+    print(f"{args.per_family} {args.split} problems per family (seed {args.seed}); sampler: {settings}\n")
     print(format_accuracy_table({args.model: acc}))
     if args.curve and args.plot:
         plot_learning_curve(args.curve, args.plot)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import MASK
 
-from get_log_likelihood import forward_process, get_log_likelihood
+from get_log_likelihood import forward_process, get_log_likelihood, get_log_likelihoods
 
 PROMPT = torch.tensor([0, 7, 8, 9, 10])
 ANSWER = torch.tensor([11, 12, 13, 14, 15, 16])
@@ -118,3 +118,55 @@ def test_common_random_numbers_are_unbiased_and_reduce_the_variance_of_differenc
     se = (statistics.variance(means_shared) / 16 + statistics.variance(means_indep) / 16) ** 0.5
     assert abs(statistics.mean(means_shared) - statistics.mean(means_indep)) < 3 * se
     assert statistics.variance(shared) < statistics.variance(independent) / 2
+
+
+@pytest.mark.parametrize("cfg", [0.0, 1.0])
+def test_pairs_scored_together_equal_pairs_scored_alone(model, cfg):
+    """Rows of pairs of different lengths share padded forwards; every estimate stays the one of its pair alone."""
+    pairs = [
+        (PROMPT, ANSWER),
+        (PROMPT[:3], torch.tensor([11, 12])),  # shorter: padded
+        (PROMPT, torch.tensor([31])),  # one token: a single exact row
+        (torch.tensor([], dtype=torch.long), torch.tensor([40, 41, 42, 43, 44, 45, 46, 47])),  # no prompt, longest
+    ]
+    kwargs = dict(mc_num=8, batch_size=4, cfg_scale=cfg)
+    together = get_log_likelihoods(model, pairs, generators=[torch.Generator().manual_seed(5) for _ in pairs],
+                                   **kwargs)  # fmt: skip
+    alone = [get_log_likelihood(model, p, a, generator=torch.Generator().manual_seed(5), **kwargs) for p, a in pairs]
+    assert together == pytest.approx(alone, rel=1e-5, abs=1e-4)
+
+
+class CountingRows(torch.nn.Module):
+    """The model, recording the rows of every forward."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config, self.supports_logits_mask, self.calls = inner, inner.config, True, []
+
+    def forward(self, ids, **kwargs):
+        self.calls.append(ids.shape[0])
+        return self.inner(ids, **kwargs)
+
+
+def test_pairs_scored_together_share_forwards(model):
+    counting = CountingRows(model)
+    get_log_likelihoods(counting, [(PROMPT, ANSWER)] * 4, mc_num=16, batch_size=8, deduplicate=False)
+    assert counting.calls == [32, 32]  # 2 forwards of 4 pairs x 8 rows instead of 8 forwards of 8 rows
+
+
+def test_repeated_noisy_rows_are_run_once_with_the_same_estimate(model):
+    """A 2-token answer has 3 maskings: 64 samples cost one forward of at most 3 rows, same estimate."""
+    answer = torch.tensor([11, 12])
+    counting = CountingRows(model)
+    kwargs = dict(mc_num=64, batch_size=16)
+    once = get_log_likelihood(counting, PROMPT, answer, generator=torch.Generator().manual_seed(1), **kwargs)
+    assert len(counting.calls) == 1 and counting.calls[0] <= 3
+    every = get_log_likelihood(model, PROMPT, answer, generator=torch.Generator().manual_seed(1), deduplicate=False,
+                               **kwargs)  # fmt: skip
+    assert once == pytest.approx(every, rel=1e-5, abs=1e-5)
+
+
+def test_pairs_need_one_generator_each(model):
+    with pytest.raises(ValueError, match="one per pair"):
+        get_log_likelihoods(model, [(PROMPT, ANSWER)] * 2, generators=[torch.Generator()])
+    assert get_log_likelihoods(model, []) == []
