@@ -391,9 +391,20 @@ def _load_tokenizer(folder):
 # The shipped base model is step 500 of a 1,500-step schedule (the training budget of its session).
 RECIPE_PRETRAIN = dict(steps=1500, stop_at=500, batch_size=64, seq_len=64, lr=2e-3, warmup_steps=100,
                        eval_every=250, save_every=250)  # fmt: skip
-RECIPE_SFT = dict(steps=3500, batch_size=64, lr=1.5e-3, warmup_steps=100, eval_every=500, save_every=250,
-                  sft_long_pad_prob=0.15, sft_plain_text=0.25,
-                  family_weights={"capitals": 0.1, "sorting": 0.25, "reversal": 0.3, "addition": 0.35})  # fmt: skip
+RECIPE_SFT = [  # three stages, each starting from the previous one's final weights
+    # 1. all four families
+    dict(steps=3500, batch_size=64, lr=1.5e-3, warmup_steps=100, eval_every=500, save_every=250,
+         sft_long_pad_prob=0.15, sft_plain_text=0.25,
+         family_weights={"capitals": 0.1, "sorting": 0.25, "reversal": 0.3, "addition": 0.35}),
+    # 2. more addition, the family learned last
+    dict(steps=3000, batch_size=64, lr=1e-3, warmup_steps=100, eval_every=500, save_every=250,
+         sft_long_pad_prob=0.15, sft_plain_text=0.25,
+         family_weights={"capitals": 0.1, "sorting": 0.15, "reversal": 0.1, "addition": 0.65}),
+    # 3. EOS padding up to 600 tokens, so that answers of gen_length 256 or 512 end in confident EOS
+    dict(steps=400, batch_size=64, lr=3e-4, warmup_steps=50, eval_every=200, save_every=100,
+         sft_max_len=600, sft_long_pad_prob=0.2, sft_plain_text=0.25,
+         family_weights={"capitals": 0.1, "sorting": 0.2, "reversal": 0.15, "addition": 0.55}),
+]  # fmt: skip
 
 
 def recipe(run_root: str, export_root: str, seed: int = 0, scale: float = 1.0) -> None:
@@ -407,8 +418,12 @@ def recipe(run_root: str, export_root: str, seed: int = 0, scale: float = 1.0) -
 
     base = train(TrainArgs(stage="pretrain", run_dir=f"{run_root}/base", seed=seed,
                            export=f"{export_root}/genjo-tiny-base", **scaled(RECIPE_PRETRAIN)))  # fmt: skip
-    train(TrainArgs(stage="sft", run_dir=f"{run_root}/instruct", init=base, seed=seed,
-                    export=f"{export_root}/genjo-tiny-instruct", **scaled(RECIPE_SFT)))  # fmt: skip
+    init = base
+    for number, stage in enumerate(RECIPE_SFT, start=1):
+        last = number == len(RECIPE_SFT)
+        init = train(TrainArgs(stage="sft", run_dir=f"{run_root}/instruct-{number}", init=init, seed=seed,
+                               export=f"{export_root}/genjo-tiny-instruct" if last else None,
+                               **scaled(stage)))  # fmt: skip
 
 
 def main(argv=None) -> None:

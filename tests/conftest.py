@@ -1,6 +1,8 @@
 """Shared fixtures: small random-initialised Genjo models built in-process (no downloads)."""
 
 import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -53,6 +55,15 @@ def model() -> GenjoModelLM:
 
 
 # ----------------------------------------------------------------------------- chat, app and visualisation helpers
+
+
+def run_outside_the_repo(script: str, tmp_path) -> None:
+    """Run a Python script in tmp_path with the repository off the path (only installed packages and
+    remote code); it must print OK."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
 
 
 def chat_model_path() -> str:

@@ -1,14 +1,11 @@
 """Checkpoints: save/load round trips, remote code through AutoModel, the published layout."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import run_outside_the_repo, tiny_model
 from safetensors.torch import load_file, save_file
 
 from genjo import GenjoModelLM
@@ -54,10 +51,7 @@ def test_auto_model_remote_code_in_a_fresh_interpreter(tmp_path):
         assert text.startswith("<|startoftext|><|start_header_id|>user"), text
         print("OK")
     """)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+    run_outside_the_repo(script, tmp_path)
 
 
 def test_published_layout_loads_as_is(tmp_path):

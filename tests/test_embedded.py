@@ -1,13 +1,11 @@
 """The shipped Genjo-tiny checkpoints: plain-transformers loading, consistency, exactness of the fast options."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from conftest import require_checkpoint
+from conftest import require_checkpoint, run_outside_the_repo
 
 from generate import GenerationStats, generate
 from genjo import tinyworld
@@ -51,10 +49,7 @@ def test_loads_with_only_transformers(tmp_path):
         assert type(model).__module__.startswith("transformers_modules")
         print("OK")
     """)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+    run_outside_the_repo(script, tmp_path)
 
 
 def test_early_stop_never_changes_greedy_answers(instruct):
