@@ -82,8 +82,11 @@ def format_accuracy_table(results: dict[str, dict[str, float]], families: Option
     return "\n".join(lines)
 
 
-def plot_learning_curve(curve_path: str, out_png: str) -> None:
-    """Accuracy per family against SFT training tokens, from a run's learning_curve.jsonl."""
+def plot_learning_curve(curve_paths: Sequence[str], out_png: str) -> None:
+    """Accuracy per family against SFT training tokens, from the learning_curve.jsonl of each SFT stage.
+
+    The stages are drawn one after the other: a stage's tokens count from the end of the previous one.
+    """
     import json
 
     import matplotlib
@@ -91,12 +94,19 @@ def plot_learning_curve(curve_path: str, out_png: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in open(curve_path) if "accuracy" in line]
+    records, offset = [], 0
+    for stage, path in enumerate(curve_paths):
+        stage_records = [json.loads(line) for line in open(path) if "accuracy" in line]
+        records += [dict(r, tokens=r["tokens"] + offset, stage=stage) for r in stage_records]
+        offset = records[-1]["tokens"]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for family in [k for k in records[0]["accuracy"] if k != "all"]:
         ax.plot([r["tokens"] / 1e6 for r in records], [100 * r["accuracy"][family] for r in records], "o-",
                 label=family)  # fmt: skip
-    ax.set_xlabel("SFT training tokens (millions)")
+    for r0, r1 in zip(records, records[1:]):
+        if r1["stage"] != r0["stage"]:
+            ax.axvline(r0["tokens"] / 1e6, color="gray", linestyle=":", linewidth=1)
+    ax.set_xlabel("SFT training tokens (millions); dotted lines: start of the next SFT stage")
     ax.set_ylabel("held-out exact match (%)")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
@@ -118,7 +128,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--split", choices=["heldout", "train"], default="heldout",
                         help="held-out problems (default) or problems of the training split")  # fmt: skip
-    parser.add_argument("--curve", help="also plot this learning_curve.jsonl ...")
+    parser.add_argument("--curve", nargs="+", help="also plot these learning_curve.jsonl (SFT stages in order) ...")
     parser.add_argument("--plot", help="... into this PNG")
     args = parser.parse_args()
 

@@ -3,6 +3,7 @@
 import os
 import re
 import sys
+import time
 
 import pytest
 from conftest import BOS, EOS, EOT, ScriptedModel, scripted_answer
@@ -132,6 +133,9 @@ def test_terminal_chat_ctrl_c_ends_cleanly(instruct_model_path):
     pexpect = pytest.importorskip("pexpect")
     child = spawn_chat(instruct_model_path)
     child.expect_exact("Enter your question: ")
+    # A person presses Ctrl-C at the prompt, not in the microseconds between the prompt's write and the
+    # read that follows it (a SIGINT there is only seen at the next line of input: Python's own race).
+    time.sleep(1.0)
     child.sendintr()
     child.expect_exact("Goodbye!")
     child.expect(pexpect.EOF)

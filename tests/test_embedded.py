@@ -70,3 +70,21 @@ def test_threshold_above_one_is_one_token_per_step_on_the_embedded_model(instruc
     prompt, mask = chat_prompt_batch(tokenizer, ["Reverse: alpha bravo charlie", "What is 12 + 30?"])
     default = generate(model, prompt, mask, steps=32, gen_length=32, block_length=32)
     assert torch.equal(generate(model, prompt, mask, gen_length=32, block_length=32, threshold=1.01), default)
+
+
+def test_instruct_model_meets_the_quality_bar_on_40_fixed_problems(instruct):
+    """10 problems per family, at the checkpoint's own sampler settings and temperature 0.
+
+    Sorting, reversal and addition problems are held out of all training data. Capitals are facts: the
+    bar is checked on countries taught in chat; held-out countries (only stated in pre-training text)
+    measure transfer and are reported in README.md, not asserted.
+    """
+    from genjo.evaluation import family_accuracy
+
+    model, tokenizer = instruct
+    held_out = tinyworld.sample_problems(30, seed=2024, families=("sorting", "reversal", "addition"), split="heldout")
+    taught = tinyworld.sample_problems(10, seed=2024, families=("capitals",), split="train")
+    accuracy = family_accuracy(model, tokenizer, held_out + taught, **model.config.sampler_defaults)
+    print(accuracy)
+    bars = {"capitals": 0.95, "sorting": 0.9, "reversal": 0.9, "addition": 0.6}
+    assert all(accuracy[family] >= bar for family, bar in bars.items()), accuracy

@@ -224,12 +224,16 @@ def test_embedded_base_model_beats_chance_on_choice_task():
 
 @pytest.mark.slow
 def test_embedded_instruct_model_answers_held_out_questions():
-    """Exact-match generation through the chat template (chance about 0%)."""
+    """Exact-match generation through the chat template (chance about 0%).
+
+    The shipped model answers every sorting, reversal and addition document; capitals ask about held-out
+    countries (a transfer test it fails), a quarter of the documents: 75% in all.
+    """
     _require(INSTRUCT_MODEL)
     args = dict(model_path=INSTRUCT_MODEL, chat_template=True, steps=32, gen_length=32, block_length=32,
                 batch_size=40, device="cpu")  # fmt: skip
     res = evaluate_offline(["genjo_tiny_gen"], args, limit=40)
-    assert res["results"]["genjo_tiny_gen"]["exact_match,strip"] >= 0.2
+    assert res["results"]["genjo_tiny_gen"]["exact_match,strip"] >= 0.7
 
 
 # ----------------------------------------------------------------------------- data parallel
