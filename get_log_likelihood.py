@@ -205,18 +205,14 @@ def get_log_likelihoods(
     totals = [0.0] * len(pairs)
     for start in range(0, len(units), capacity):
         chunk = units[start : start + capacity]
-        longest = max(noisy.numel() for _, noisy, _, _ in chunk)
+        lengths = [sequences[i].numel() for i, *_ in chunk]
+        longest = max(lengths)
         noisy = torch.stack([F.pad(n, (0, longest - n.numel()), value=pad_id) for _, n, _, _ in chunk])  # (b, L)
         clean = torch.stack([F.pad(sequences[i], (0, longest - sequences[i].numel()), value=pad_id) for i, *_ in chunk])
         masked = torch.stack([F.pad(m, (0, longest - m.numel()), value=False) for _, _, m, _ in chunk])
-        prompt_index = (
-            torch.arange(longest, device=device)[None, :]
-            < torch.tensor([prompt_lengths[i] for i, *_ in chunk], device=device)[:, None]
-        )
-        real = (
-            torch.arange(longest, device=device)[None, :]
-            < torch.tensor([n.numel() for _, n, _, _ in chunk], device=device)[:, None]
-        )
+        columns = torch.arange(longest, device=device)[None, :]
+        prompt_index = columns < torch.tensor([prompt_lengths[i] for i, *_ in chunk], device=device)[:, None]
+        real = columns < torch.tensor(lengths, device=device)[:, None]  # (b, L): False on right padding
         attention_mask = None if bool(real.all()) else real.long()
         if head_at_masks:
             logits = get_logits(model, noisy, prompt_index, cfg_scale, mask_id, masked, attention_mask)  # (N, V)
