@@ -145,8 +145,9 @@ def get_log_likelihoods(
 
     Pair i draws its mc_num noisy rows from generators[i] exactly as ``get_log_likelihood`` would
     (a one-token pair: its single exact row). With deduplicate, a row drawn k times is run once and
-    counted k times. The rows of all pairs are packed batch_size * len(pairs) to a forward,
-    right-padded with an attention mask. The estimates equal those of each pair alone up to float
+    counted k times, also across pairs (with common random numbers, two choices that differ only at
+    masked slots draw the same noisy row). The distinct rows of all pairs are run batch_size to a
+    forward, right-padded with an attention mask. The estimates equal those of each pair alone up to float
     rounding. Returns one float per pair, in order.
     """
     mask_id = _config_id(model, "mask_token_id", MASK_ID) if mask_id is None else mask_id
@@ -182,47 +183,70 @@ def get_log_likelihoods(
 
     # Draw every pair's noisy rows first (cheap; the same draws, in the same order, as one pair alone),
     # then run each distinct row once, weighted by how often it was drawn. A T-token answer has only
-    # 2^T - 1 maskings, so for short answers many of the mc_num rows repeat and cost nothing.
-    units = []  # (pair, noisy row (L_i,), masked answer slots (L_i,), weight of its summed CE)
+    # 2^T - 1 maskings, so for short answers many of the mc_num rows repeat and cost nothing; and with
+    # common random numbers, choices that differ only under the mask give the very same noisy row.
+    rows: list[tuple[torch.Tensor, torch.Tensor, int]] = []  # distinct (noisy (L,), masked (L,), prompt length)
+    uses: list[list[tuple[int, float]]] = []  # per row: (pair, weight of the row's summed CE for that pair)
+    row_of: dict = {}  # (prompt length, noisy tokens) -> index in rows
     for i, seq in enumerate(sequences):
         length, answer_length = seq.numel(), seq.numel() - prompt_lengths[i]
         single = exact_single_token and answer_length == 1  # every sample masks the one token: one row is exact
-        rows, n_batches = (1, 1) if single else (batch_size, mc_num // batch_size)
+        n_rows, n_batches = (1, 1) if single else (batch_size, mc_num // batch_size)
         prompt_index = torch.arange(length, device=device) < prompt_lengths[i]
-        batch = seq[None, :].repeat(rows, 1)  # (b, L_i)
+        batch = seq[None, :].repeat(n_rows, 1)  # (b, L_i)
         noisy = torch.cat([forward_process(batch, prompt_index, mask_id, generators[i])[0] for _ in range(n_batches)])
         counts = torch.ones(noisy.shape[0], device=device)
         if deduplicate:
             noisy, counts = torch.unique(noisy, dim=0, return_counts=True)
         masked = (noisy == mask_id) & ~prompt_index  # a mask id inside the prompt is not an answer slot
         # weight = (count / rows drawn) / p_mask with p_mask = masked / T: the estimator's 1/p weighting
-        weights = counts.float() / (rows * n_batches) * answer_length / masked.sum(1).float()
-        units += [(i, noisy[r], masked[r], float(weights[r])) for r in range(noisy.shape[0])]
+        weights = (counts.float() / (n_rows * n_batches) * answer_length / masked.sum(1).float()).tolist()
+        for r, weight in enumerate(weights):
+            key = (prompt_lengths[i], tuple(noisy[r].tolist())) if deduplicate else len(rows)
+            if key not in row_of:
+                row_of[key] = len(rows)
+                rows.append((noisy[r], masked[r], prompt_lengths[i]))
+                uses.append([])
+            uses[row_of[key]].append((i, weight))
 
     head_at_masks = getattr(model, "supports_logits_mask", False)
     pad_id = _config_id(model, "pad_token_id", 0)
-    capacity = batch_size * len(pairs)  # rows per forward
     totals = [0.0] * len(pairs)
-    for start in range(0, len(units), capacity):
-        chunk = units[start : start + capacity]
-        lengths = [sequences[i].numel() for i, *_ in chunk]
-        longest = max(lengths)
-        noisy = torch.stack([F.pad(n, (0, longest - n.numel()), value=pad_id) for _, n, _, _ in chunk])  # (b, L)
-        clean = torch.stack([F.pad(sequences[i], (0, longest - sequences[i].numel()), value=pad_id) for i, *_ in chunk])
-        masked = torch.stack([F.pad(m, (0, longest - m.numel()), value=False) for _, _, m, _ in chunk])
+    for start in range(0, len(rows), batch_size):  # batch_size rows per forward, whichever pairs they serve
+        chunk = rows[start : start + batch_size]
+        lengths = torch.tensor([n.numel() for n, _, _ in chunk], device=device)
+        longest = int(lengths.max())
+        noisy = torch.stack([F.pad(n, (0, longest - n.numel()), value=pad_id) for n, _, _ in chunk])  # (b, L)
+        masked = torch.stack([F.pad(m, (0, longest - m.numel()), value=False) for _, m, _ in chunk])  # (b, L)
         columns = torch.arange(longest, device=device)[None, :]
-        prompt_index = columns < torch.tensor([prompt_lengths[i] for i, *_ in chunk], device=device)[:, None]
-        real = columns < torch.tensor(lengths, device=device)[:, None]  # (b, L): False on right padding
+        prompt_index = columns < torch.tensor([p for _, _, p in chunk], device=device)[:, None]
+        real = columns < lengths[:, None]  # (b, L): False on right padding
         attention_mask = None if bool(real.all()) else real.long()
         if head_at_masks:
             logits = get_logits(model, noisy, prompt_index, cfg_scale, mask_id, masked, attention_mask)  # (N, V)
         else:
             logits = get_logits(model, noisy, prompt_index, cfg_scale, mask_id, attention_mask=attention_mask)[masked]
-        ce = F.cross_entropy(logits.float(), clean[masked], reduction="none")  # (N,)
-        row_of_slot = torch.arange(len(chunk), device=device)[:, None].expand_as(masked)[masked]
-        per_row = torch.zeros(len(chunk), device=device).index_add_(0, row_of_slot, ce)  # (b,) summed CE
-        for (i, _, _, weight), loss in zip(chunk, per_row.tolist()):
-            totals[i] += weight * loss
+        logits = logits.float()
+        log_normalizer = torch.logsumexp(logits, dim=-1)  # (N,)
+        # CE of every use of every row: a row shared by several pairs is scored against each one's answer
+        slots, targets, use_pairs, use_weights = [], [], [], []
+        first_slot = 0
+        for r, (_, row_masked, _) in enumerate(chunk):
+            positions = row_masked.nonzero().squeeze(1)  # (n_r,) masked columns of this row
+            row_slots = torch.arange(first_slot, first_slot + positions.numel(), device=device)
+            first_slot += positions.numel()
+            for i, weight in uses[start + r]:
+                slots.append(row_slots)
+                targets.append(sequences[i][positions])
+                use_pairs += [i] * positions.numel()
+                use_weights += [weight] * positions.numel()
+        slots, targets = torch.cat(slots), torch.cat(targets)
+        ce = log_normalizer[slots] - logits[slots, targets]  # (M,) -log p(target) at every used slot
+        weighted = ce * torch.tensor(use_weights, device=device)
+        per_pair = torch.zeros(len(pairs), dtype=torch.float64, device=device)
+        per_pair.index_add_(0, torch.tensor(use_pairs, device=device), weighted.double())
+        for i, loss in enumerate(per_pair.tolist()):
+            totals[i] += loss
     return [-total for total in totals]
 
 

@@ -148,10 +148,26 @@ class CountingRows(torch.nn.Module):
         return self.inner(ids, **kwargs)
 
 
-def test_pairs_scored_together_share_forwards(model):
+def test_pairs_scored_together_fill_shared_forwards_and_share_equal_rows(model):
+    """Four 2-token choices: 2 one-slot maskings each, and one all-masked row common to all four.
+
+    With common random numbers the 4 x 64 samples need 4 x 2 + 1 = 9 distinct rows: one forward
+    (batch_size 16), and every estimate is still the one of its choice alone.
+    """
+    choices = [torch.tensor([11, 12]), torch.tensor([13, 14]), torch.tensor([15, 16]), torch.tensor([17, 18])]
+    counting = CountingRows(model)
+    kwargs = dict(mc_num=64, batch_size=16)
+    pairs, generators = [(PROMPT, c) for c in choices], [torch.Generator().manual_seed(3) for _ in choices]
+    together = get_log_likelihoods(counting, pairs, generators=generators, **kwargs)
+    assert counting.calls == [9]
+    alone = [get_log_likelihood(model, p, c, generator=torch.Generator().manual_seed(3), **kwargs) for p, c in pairs]
+    assert together == pytest.approx(alone, rel=1e-5, abs=1e-5)
+
+
+def test_without_deduplication_every_row_runs_batch_size_to_a_forward(model):
     counting = CountingRows(model)
     get_log_likelihoods(counting, [(PROMPT, ANSWER)] * 4, mc_num=16, batch_size=8, deduplicate=False)
-    assert counting.calls == [32, 32]  # 2 forwards of 4 pairs x 8 rows instead of 8 forwards of 8 rows
+    assert counting.calls == [8] * 8
 
 
 def test_repeated_noisy_rows_are_run_once_with_the_same_estimate(model):

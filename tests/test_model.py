@@ -103,6 +103,19 @@ def test_attention_bias_bool_hides_keys(model):
     torch.testing.assert_close(biased, prefix_only, atol=1e-5, rtol=1e-5)
 
 
+def test_logits_mask_returns_exactly_those_positions(model):
+    """Logits only at asked positions (the last block's MLP runs only there): same values, row-major."""
+    ids = torch.randint(3, 60, (3, 8), generator=torch.Generator().manual_seed(6))
+    attention_mask = torch.ones(3, 8, dtype=torch.long)
+    attention_mask[1, 6:] = 0  # right padding
+    wanted = torch.rand(3, 8, generator=torch.Generator().manual_seed(7)) < 0.4
+    wanted[1, 6:] = False
+    full = model(ids, attention_mask=attention_mask).logits
+    picked = model(ids, attention_mask=attention_mask, logits_mask=wanted).logits
+    assert picked.shape == (int(wanted.sum()), full.shape[-1])
+    torch.testing.assert_close(picked, full[wanted], atol=1e-5, rtol=1e-5)
+
+
 def test_hidden_states_and_return_tuple(model):
     ids = torch.randint(3, 60, (1, 5))
     out = model(ids, output_hidden_states=True)

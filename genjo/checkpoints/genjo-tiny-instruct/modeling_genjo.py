@@ -126,6 +126,7 @@ class GenjoBlock(nn.Module):
         layer_past: Optional[tuple[torch.Tensor, torch.Tensor]],
         replace_position: Optional[torch.Tensor],
         use_cache: bool,
+        output_mask: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
         """Bidirectional attention of the T queries in x (B, T, D) over all S keys.
 
@@ -133,6 +134,7 @@ class GenjoBlock(nn.Module):
         and no ``replace_position``, x's keys are appended after the cached ones (S = P + T; the
         prefix cache). With ``replace_position`` (B, P) bool holding T true entries per row, x's
         keys overwrite the cache in place at those columns (S = P; the dual cache).
+        Returns (B, T, D), or (N, D) for the N true positions of ``output_mask`` (B, T) bool.
         """
         B, T, D = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
@@ -158,12 +160,22 @@ class GenjoBlock(nn.Module):
             q, k, v, attn_mask=attention_bias, dropout_p=0.0, is_causal=False, scale=self.head_dim**-0.5
         )  # (B, H, T, Dh)
         out = out.transpose(1, 2).reshape(B, T, D)
+        if output_mask is not None:
+            out = out[output_mask]  # (N, D)
         return self.attn_out(out), present
 
-    def forward(self, x, rope, attention_bias=None, layer_past=None, replace_position=None, use_cache=False):
-        """x: (B, T, D); rope: cos, sin (B, 1, T, Dh). Returns (B, T, D) and the present K/V."""
-        a, present = self.attention(self.attn_norm(x), rope, attention_bias, layer_past, replace_position, use_cache)
-        h = x + a
+    def forward(
+        self, x, rope, attention_bias=None, layer_past=None, replace_position=None, use_cache=False, output_mask=None
+    ):
+        """x: (B, T, D); rope: cos, sin (B, 1, T, Dh). Returns (B, T, D) and the present K/V.
+
+        output_mask: optional (B, T) bool; every position still serves as a key and value, but the
+        output projection and the MLP run only there and the block returns (N, D).
+        """
+        a, present = self.attention(
+            self.attn_norm(x), rope, attention_bias, layer_past, replace_position, use_cache, output_mask
+        )
+        h = (x if output_mask is None else x[output_mask]) + a
         n = self.ff_norm(h)
         out = h + self.ff_out(F.silu(self.ff_proj(n)) * self.up_proj(n))
         return out, present
@@ -247,7 +259,8 @@ class GenjoModel(nn.Module):
             token is position 0 (then sliced to the query columns when a cache is used).
         logits_mask: optional (B, T) bool; logits are then computed only there and returned as
             (N, V), N = logits_mask.sum(), in row-major order (the LM head is ~7% of the 8B's FLOPs
-            and its output 0.25 MB per position: the likelihood needs it at masked slots only).
+            and its output 0.25 MB per position: the likelihood needs it at masked slots only); the
+            last block's output projection and MLP then run only there too.
         Returns GenjoOutput with logits (B, T, V) (or (B, 1, V) with last_logits_only) in the
         model's dtype.
         """
@@ -279,11 +292,15 @@ class GenjoModel(nn.Module):
         bias = self._attention_bias(attention_mask, attention_bias, T, S, x.dtype)
         hidden_states = [] if output_hidden_states else None
         presents = [] if use_cache else None
+        # Outputs are wanted only where logits are: the last block runs its output projection and MLP
+        # there alone (other positions still feed its attention as keys and values).
+        last_output_mask = logits_mask if hidden_states is None and not last_logits_only else None
         for i, block in enumerate(self.transformer.blocks):
             if hidden_states is not None:
                 hidden_states.append(x)
             layer_past = past_key_values[i] if past_key_values is not None else None
-            x, present = block(x, rope, bias, layer_past, replace_position, use_cache)
+            output_mask = last_output_mask if i == len(self.transformer.blocks) - 1 else None
+            x, present = block(x, rope, bias, layer_past, replace_position, use_cache, output_mask)
             if presents is not None:
                 presents.append(present)
         if last_logits_only:
@@ -291,7 +308,7 @@ class GenjoModel(nn.Module):
         x = self.transformer.ln_f(x)
         if hidden_states is not None:
             hidden_states.append(x)
-        if logits_mask is not None:
+        if logits_mask is not None and last_output_mask is None:
             x = x[logits_mask]  # (N, D)
         logits = self.lm_head(x)
         return GenjoOutput(logits, presents, tuple(hidden_states) if hidden_states is not None else None)
