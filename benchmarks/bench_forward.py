@@ -1,0 +1,174 @@
+"""Latency and model FLOP utilisation of one forward pass: full canvas, and the cached block steps.
+
+Builds the model from a config with random weights (timing does not depend on the weights, and the
+8B weights need not be downloaded), then times, for one canvas of --length tokens (prompt +
+gen_length, the sampler's shapes):
+
+- full forward: every token (the default sampler's step, and the likelihood's);
+- refresh: the same with use_cache=True (first step of a block with a cache);
+- prefix-cache step: the block and the suffix after it, against the cached prefix, for the block in
+  the middle of the answer;
+- dual-cache step: the block_length tokens of the first answer block, against the whole cache.
+
+FLOPs count the matmuls (2 per multiply-add: projections, MLP, attention scores and values, LM
+head); MFU = FLOPs / time / the accelerator's dense peak (bf16 peaks of known GPUs are built in;
+pass --peak-tflops otherwise). Times are medians over --repeats, synchronised on CUDA.
+
+    python benchmarks/bench_forward.py --model 8b                # published 8B architecture, CUDA bf16
+    python benchmarks/bench_forward.py                           # the embedded model's config, CPU
+"""
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from genjo import GenjoConfig, GenjoModelLM  # noqa: E402
+from genjo.loading import DEFAULT_MODEL, default_device, default_dtype  # noqa: E402
+
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0}  # dense, no sparsity
+
+
+def forward_flops(config: GenjoConfig, query_tokens: int, key_tokens: int, head_tokens: int) -> int:
+    """Matmul FLOPs of one sequence's forward.
+
+    query_tokens: tokens run through the blocks (projections and MLP); key_tokens: keys each of them
+    attends to (cached ones included); head_tokens: positions whose logits are computed.
+    """
+    d, hidden = config.d_model, config.mlp_hidden_size
+    kv_dim = config.n_kv_heads * (d // config.n_heads)
+    weights_per_layer = 2 * d * d + 2 * d * kv_dim + 3 * d * hidden  # q, out; k, v; gate, up, down
+    attention_per_pair = 2 * d  # q . k over all heads, then the weighted sum of v: d multiply-adds each
+    per_layer = 2 * weights_per_layer * query_tokens + 2 * attention_per_pair * query_tokens * key_tokens
+    return config.n_layers * per_layer + 2 * d * config.embedding_size * head_tokens
+
+
+def random_model(config: GenjoConfig, device: torch.device, dtype: torch.dtype) -> GenjoModelLM:
+    """GenjoModelLM with N(0, 0.02) weights and unit norm weights, allocated directly on the device."""
+    with torch.device("meta"):
+        model = GenjoModelLM(config)
+    model = model.to(dtype).to_empty(device=device).eval()
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+                parameter.fill_(1.0)
+            else:
+                parameter.normal_(0.0, 0.02, generator=generator)
+    return model
+
+
+def median_seconds(run, repeats: int, device: torch.device) -> float:
+    """Median wall time of run() over repeats, after two warm-up calls."""
+    times = []
+    for i in range(repeats + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 2:
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def peak_tflops(device: torch.device, dtype: torch.dtype, given) -> float | None:
+    if given is not None:
+        return given
+    if device.type != "cuda" or dtype != torch.bfloat16:
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+@torch.inference_mode()
+def forward_kinds(model, length: int, gen_length: int, block_length: int, batch_size: int) -> dict:
+    """The sampler's forwards on one random canvas: name -> (query tokens, key tokens, callable)."""
+    config, device = model.config, model.device
+    prompt_length = length - gen_length
+    ids = torch.randint(0, config.vocab_size, (batch_size, length), device=device)  # token values do not matter
+    ids[:, prompt_length:] = config.mask_token_id
+    cache = model(ids, use_cache=True).past_key_values  # (B, Hkv, L, Dh) per layer
+    block_columns = slice(prompt_length, prompt_length + block_length)  # the first answer block (dual step)
+    block = torch.zeros(batch_size, length, dtype=torch.bool, device=device)
+    block[:, block_columns] = True
+    prefix_length = prompt_length + (gen_length // block_length // 2) * block_length  # the middle block
+    prefix = [(k[:, :, :prefix_length], v[:, :, :prefix_length]) for k, v in cache]
+    return {
+        "full forward": (length, length, lambda: model(ids)),
+        "refresh (full + cache)": (length, length, lambda: model(ids, use_cache=True)),
+        "prefix-cache step": (
+            length - prefix_length,
+            length,
+            lambda: model(ids[:, prefix_length:], past_key_values=prefix),
+        ),
+        "dual-cache step": (
+            block_length,
+            length,
+            lambda: model(ids[:, block_columns], past_key_values=cache, replace_position=block),
+        ),
+    }
+
+
+def measure(model, length: int, gen_length: int, block_length: int, batch_size: int, repeats: int) -> list[dict]:
+    """One row per forward kind: query/key tokens, FLOPs (whole batch) and median seconds."""
+    rows = []
+    for name, (queries, keys, run) in forward_kinds(model, length, gen_length, block_length, batch_size).items():
+        with torch.inference_mode():
+            seconds = median_seconds(run, repeats, model.device)
+        flops = batch_size * forward_flops(model.config, queries, keys, head_tokens=queries)
+        rows.append(dict(name=name, queries=queries, keys=keys, flops=flops, seconds=seconds))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    model_help = "checkpoint folder or hub id whose config is used (weights are random); '8b' = the published 8B"
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=model_help + " architecture (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
+    parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
+                        help="default: bfloat16 on CUDA, float32 on CPU")  # fmt: skip
+    parser.add_argument("--length", type=int, default=1280, help="canvas tokens: prompt + gen_length")
+    parser.add_argument("--gen-length", type=int, default=1024)
+    parser.add_argument("--block-length", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="dense peak for MFU (default: known GPUs)")
+    args = parser.parse_args()
+    if not 0 < args.gen_length <= args.length or args.gen_length % args.block_length:
+        raise ValueError(f"need 0 < gen_length ({args.gen_length}) <= length ({args.length}) and gen_length "
+                         f"divisible by block_length ({args.block_length}).")  # fmt: skip
+
+    device = torch.device(args.device) if args.device else default_device()
+    dtype = getattr(torch, args.dtype) if args.dtype else default_dtype(device)
+    config = GenjoConfig() if args.model.lower() == "8b" else GenjoConfig.from_pretrained(args.model)
+    torch.manual_seed(0)
+    model = random_model(config, device, dtype)
+    peak = peak_tflops(device, dtype, args.peak_tflops)
+    rows = measure(model, args.length, args.gen_length, args.block_length, args.batch_size, args.repeats)
+
+    parameters = sum(p.numel() for p in model.parameters())
+    size = f"{parameters / 1e9:.2f} B" if parameters >= 1e9 else f"{parameters / 1e6:.2f} M"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"config {args.model} ({size} parameters, random weights), {dtype}, {where}, "
+          f"torch {torch.__version__}, batch {args.batch_size}, canvas {args.length} = prompt "
+          f"{args.length - args.gen_length} + gen {args.gen_length}, block {args.block_length}, "
+          f"median of {args.repeats}; peak {peak if peak else 'unknown'} TFLOP/s\n")  # fmt: skip
+    print("| forward | query tokens | key tokens | GFLOP | ms | TFLOP/s | MFU % | time / full forward |")
+    print("|---|---|---|---|---|---|---|---|")
+    full = rows[0]["seconds"]
+    for r in rows:
+        tflops = r["flops"] / r["seconds"] / 1e12
+        mfu = f"{100 * tflops / peak:.1f}" if peak else "-"
+        print(f"| {r['name']} | {r['queries']} | {r['keys']} | {r['flops'] / 1e9:.1f} | {1e3 * r['seconds']:.2f} | "
+              f"{tflops:.2f} | {mfu} | {r['seconds'] / full:.3f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
