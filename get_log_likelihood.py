@@ -147,8 +147,8 @@ def get_log_likelihoods(
     (a one-token pair: its single exact row). With deduplicate, a row drawn k times is run once and
     counted k times, also across pairs (with common random numbers, two choices that differ only at
     masked slots draw the same noisy row). The distinct rows of all pairs are run batch_size to a
-    forward, right-padded with an attention mask. The estimates equal those of each pair alone up to float
-    rounding. Returns one float per pair, in order.
+    forward, right-padded with an attention mask. The estimates equal those of each pair alone up to
+    float rounding. Returns one float per pair, in order.
     """
     mask_id = _config_id(model, "mask_token_id", MASK_ID) if mask_id is None else mask_id
     if not pairs:
@@ -211,7 +211,7 @@ def get_log_likelihoods(
 
     head_at_masks = getattr(model, "supports_logits_mask", False)
     pad_id = _config_id(model, "pad_token_id", 0)
-    totals = [0.0] * len(pairs)
+    totals = torch.zeros(len(pairs), dtype=torch.float64, device=device)  # summed weighted CE per pair
     for start in range(0, len(rows), batch_size):  # batch_size rows per forward, whichever pairs they serve
         chunk = rows[start : start + batch_size]
         lengths = torch.tensor([n.numel() for n, _, _ in chunk], device=device)
@@ -243,11 +243,8 @@ def get_log_likelihoods(
         slots, targets = torch.cat(slots), torch.cat(targets)
         ce = log_normalizer[slots] - logits[slots, targets]  # (M,) -log p(target) at every used slot
         weighted = ce * torch.tensor(use_weights, device=device)
-        per_pair = torch.zeros(len(pairs), dtype=torch.float64, device=device)
-        per_pair.index_add_(0, torch.tensor(use_pairs, device=device), weighted.double())
-        for i, loss in enumerate(per_pair.tolist()):
-            totals[i] += loss
-    return [-total for total in totals]
+        totals.index_add_(0, torch.tensor(use_pairs, device=device), weighted.double())
+    return (-totals).tolist()
 
 
 def main() -> None:
