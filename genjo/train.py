@@ -17,6 +17,7 @@ sees exactly the batches of the single-process run, and resuming needs only the 
     python -m genjo.train recipe                    # reproduce the shipped tiny checkpoints
     python -m genjo.train pretrain --run-dir runs/base --steps 2000
     python -m genjo.train sft --init runs/base/final --run-dir runs/sft --steps 2000
+    python -m genjo.train pretrain --objective ar ...  # the autoregressive twin (causal mask, next token)
     accelerate launch -m genjo.train sft ...        # several GPUs / machines
 """
 
@@ -46,6 +47,9 @@ CURVE_FILE = "learning_curve.jsonl"
 @dataclass
 class TrainArgs:
     stage: str = "pretrain"  # "pretrain" or "sft"
+    # "mdm": the masked-diffusion losses. "ar": a causal model on the next-token loss, the autoregressive
+    # twin the reversal experiment compares against (genjo/reversal.py); same data, same architecture.
+    objective: str = "mdm"
     run_dir: str = "runs/genjo-tiny"
     init: Optional[str] = None  # checkpoint to start from (SFT: the base model); None = from scratch
     export: Optional[str] = None  # where the final model is saved for use (without optimizer state)
@@ -122,6 +126,20 @@ def sft_loss(model, input_ids, prompt_lengths, noisy, masked, p_mask) -> torch.T
     per_slot = masked_cross_entropy(model, noisy, input_ids, masked, p_mask)
     answer_lengths = input_ids.shape[1] - prompt_lengths
     return (per_slot.sum(dim=1) / answer_lengths).mean()
+
+
+def ar_loss(model, input_ids, prompt_lengths=None) -> torch.Tensor:
+    """Next-token cross-entropy of a causal model (the autoregressive twin), mean over predicted slots.
+
+    input_ids: (b, L) int64. Column j's logits predict token j + 1. With prompt_lengths (b,) (SFT),
+    only answer tokens (columns >= the prompt length, EOS padding included) are predicted.
+    """
+    logits = model(input_ids).logits[:, :-1].float()  # (b, L - 1, V)
+    targets = input_ids[:, 1:]
+    if prompt_lengths is not None:
+        columns = torch.arange(1, input_ids.shape[1], device=input_ids.device)
+        targets = targets.masked_fill(columns[None, :] < prompt_lengths[:, None], -100)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
 
 # ----------------------------------------------------------------------------- data
@@ -219,6 +237,7 @@ def new_model(args: TrainArgs, tokenizer) -> GenjoModelLM:
         eot_token_id=ids["eot_token_id"],
         init_fn="mitchell",
         precision="fp32",
+        causal=args.objective == "ar",
     )
     return GenjoModelLM(config)
 
@@ -266,9 +285,17 @@ def evaluate(model, tokenizer, args: TrainArgs, rank: int = 0, world_size: int =
 # ----------------------------------------------------------------------------- loop
 
 
-def train(args: TrainArgs) -> str:
-    """Run one stage; returns the folder of the final model."""
+def train(args: TrainArgs, tokenizer=None, batches=None) -> str:
+    """Run one stage; returns the folder of the final model.
+
+    tokenizer: the tokenizer of a model trained from scratch (default: the tiny world's, built here).
+    batches: optional callable step -> (batch_size, L) int64 pre-training batch, instead of the tiny
+    world's packed sentences (the reversal experiment trains on its own facts this way).
+    """
     from accelerate import Accelerator
+
+    if args.objective not in ("mdm", "ar"):
+        raise ValueError(f"objective={args.objective!r}: use 'mdm' (masked diffusion) or 'ar' (next token).")
 
     use_cuda = torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision="bf16" if use_cuda else "no", cpu=not use_cuda)
@@ -290,9 +317,14 @@ def train(args: TrainArgs) -> str:
         state = None
     else:
         torch.manual_seed(args.seed)
-        tokenizer = build_tokenizer(vocab_size=args.vocab_size)
+        tokenizer = tokenizer or build_tokenizer(vocab_size=args.vocab_size)
         model = new_model(args, tokenizer)
         state = None
+    if bool(getattr(model.config, "causal", False)) != (args.objective == "ar"):
+        raise ValueError(
+            f"objective={args.objective!r} does not match the model (config.causal={model.config.causal}): "
+            "'ar' trains causal models only, 'mdm' bidirectional ones."
+        )
     mask_id = model.config.mask_token_id
     optimizer = make_optimizer(args, model)
     if state is not None:
@@ -317,15 +349,15 @@ def train(args: TrainArgs) -> str:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args, step)
         if args.stage == "pretrain":
-            input_ids = pretrain_batch(args, tokenizer, step)
+            input_ids = batches(step) if batches is not None else pretrain_batch(args, tokenizer, step)
             noisy, masked, p_mask = step_noise(args, input_ids, mask_id, step)
             batch = [t[rows].to(accelerator.device) for t in (input_ids, noisy, masked, p_mask)]
-            loss = pretrain_loss(model, *batch)
+            loss = ar_loss(model, batch[0]) if args.objective == "ar" else pretrain_loss(model, *batch)
         else:
             input_ids, prompt_lengths = sft_batch(args, tokenizer, step)
             noisy, masked, p_mask = step_noise(args, input_ids, mask_id, step)
             batch = [t[rows].to(accelerator.device) for t in (input_ids, prompt_lengths, noisy, masked, p_mask)]
-            loss = sft_loss(model, *batch)
+            loss = ar_loss(model, *batch[:2]) if args.objective == "ar" else sft_loss(model, *batch)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()

@@ -106,7 +106,7 @@ class GenjoBlock(nn.Module):
         self.n_heads = config.n_heads
         self.n_kv_heads = config.n_kv_heads
         self.head_dim = config.d_model // config.n_heads
-        self.is_causal = False  # read by attention helpers that default to causal
+        self.is_causal = bool(getattr(config, "causal", False))  # for attention helpers; the mask is in the bias
         d, kv_dim, hidden = config.d_model, config.n_kv_heads * self.head_dim, config.mlp_hidden_size
         self.attn_norm = RMSNorm(d, config.rms_norm_eps)
         self.ff_norm = RMSNorm(d, config.rms_norm_eps)
@@ -289,7 +289,8 @@ class GenjoModel(nn.Module):
                 position_ids = all_positions[:, S - T :]
 
         rope = self.rotary_emb(position_ids, max_position)
-        bias = self._attention_bias(attention_mask, attention_bias, T, S, x.dtype)
+        causal = getattr(self.config, "causal", False)  # the autoregressive twin only
+        bias = self._attention_bias(attention_mask, attention_bias, T, S, x.dtype, causal, x.device)
         hidden_states = [] if output_hidden_states else None
         presents = [] if use_cache else None
         # Outputs are wanted only where logits are: the last block runs its output projection and MLP
@@ -314,8 +315,14 @@ class GenjoModel(nn.Module):
         return GenjoOutput(logits, presents, tuple(hidden_states) if hidden_states is not None else None)
 
     @staticmethod
-    def _attention_bias(attention_mask, attention_bias, T: int, S: int, dtype) -> Optional[torch.Tensor]:
-        """Additive bias (1|B, 1, T, S) in the query dtype, or None when nothing is hidden."""
+    def _attention_bias(
+        attention_mask, attention_bias, T: int, S: int, dtype, causal: bool = False, device=None
+    ) -> Optional[torch.Tensor]:
+        """Additive bias (1|B, 1, T, S) in the query dtype, or None when nothing is hidden.
+
+        causal (config.causal, the autoregressive twin only): query i, the key at column S - T + i,
+        also sees no key after itself.
+        """
         min_value = torch.finfo(torch.float32).min
         bias = None
         if attention_mask is not None and not bool(attention_mask.all()):
@@ -328,6 +335,10 @@ class GenjoModel(nn.Module):
             else:
                 extra = attention_bias.float()
             extra = extra[..., extra.shape[-2] - T :, :S]
+            bias = extra if bias is None else bias + extra
+        if causal:
+            future = torch.ones(T, S, dtype=torch.bool, device=device).triu(S - T + 1)  # (T, S)
+            extra = torch.zeros(T, S, device=device).masked_fill(future, min_value)[None, None]
             bias = extra if bias is None else bias + extra
         if bias is None:
             return None

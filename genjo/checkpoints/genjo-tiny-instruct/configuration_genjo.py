@@ -82,7 +82,7 @@ class GenjoConfig(PretrainedConfig):
         "max_position_embeddings": "max_sequence_length",
     }
 
-    def __init__(self, use_cache: bool = False, **kwargs):
+    def __init__(self, use_cache: bool = False, causal: bool = False, **kwargs):
         # Published checkpoints name the original release here; those names must not leak into a
         # folder that Genjo saves (its auto_map would point at modules that are not there).
         if kwargs.get("model_type") in RELEASE_MODEL_TYPES:
@@ -106,6 +106,9 @@ class GenjoConfig(PretrainedConfig):
         for name, value in fields.items():
             setattr(self, name, value)
         self.use_cache = use_cache
+        # True only for the autoregressive twin of the reversal experiment (a causal mask, trained on the
+        # next-token loss); every Genjo mask predictor is bidirectional.
+        self.causal = causal
         kwargs.setdefault("architectures", ["GenjoModelLM"])
         kwargs.setdefault("tie_word_embeddings", fields["weight_tying"])
         super().__init__(**token_ids, **kwargs)
