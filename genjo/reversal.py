@@ -26,8 +26,8 @@ token count), with the same tokenizer, architecture and parameter count; only ``
 loss). Genjo answers with ``generate()``; the twin with greedy next-token decoding
 (:func:`greedy_decode`).
 
-    python -m genjo.reversal                       # 3 seeds, ~15 minutes on one CPU core
-    python -m genjo.reversal --seeds 0 --steps 200 # a quick check of the pipeline
+    python -m genjo.reversal                        # 3 seeds: the table and imgs/reversal.png
+    python -m genjo.reversal --seeds 0 --steps 300  # a quick check of the pipeline
 """
 
 import argparse
@@ -42,8 +42,18 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-FORWARD_TEMPLATE = "Agent {x}'s code word is {y}."
-REVERSE_TEMPLATE = "The code word {y} belongs to agent {x}."
+# Every fact is stated in several ways, the name always before the code word (the forward direction);
+# facts stated once only would not carry over to any other wording, in either direction.
+FORWARD_TEMPLATES = (
+    "Agent {x}'s code word is {y}.",
+    "The code word of agent {x} is {y}.",
+    "Agent {x} uses the code word {y}.",
+)
+# The code word before the name: trained on the paired facts only.
+REVERSE_TEMPLATES = (
+    "The code word {y} belongs to agent {x}.",
+    "The code word {y} is used by agent {x}.",
+)
 FORWARD_PROMPT = "Agent {x}'s code word is"  # the answer is " {y}."
 REVERSE_PROMPT = "The code word {y} belongs to agent"  # the answer is " {x}."
 
@@ -91,9 +101,9 @@ def make_facts(n_people: int, seed: int) -> list[Fact]:
 
 
 def training_sentences(facts: list[Fact]) -> list[str]:
-    """Every training sentence: each fact forward, and the paired facts also in the reverse template."""
-    sentences = [FORWARD_TEMPLATE.format(x=f.x, y=f.y) for f in facts]
-    return sentences + [REVERSE_TEMPLATE.format(x=f.x, y=f.y) for f in facts if f.paired]
+    """Every training sentence: each fact in the forward templates, the paired facts also in the reverse ones."""
+    sentences = [t.format(x=f.x, y=f.y) for f in facts for t in FORWARD_TEMPLATES]
+    return sentences + [t.format(x=f.x, y=f.y) for f in facts if f.paired for t in REVERSE_TEMPLATES]
 
 
 def questions(facts: list[Fact], direction: str) -> list[tuple[str, str]]:
@@ -119,8 +129,7 @@ def build_experiment_tokenizer(n_people: int):
     from .tokenizer import build_tokenizer
 
     names, words = vocabulary(n_people)
-    templates = [FORWARD_TEMPLATE.format(x=n, y=w) for n, w in zip(names, words)]
-    templates += [REVERSE_TEMPLATE.format(x=n, y=w) for n, w in zip(names, words)]
+    templates = [t.format(x=n, y=w) for n, w in zip(names, words) for t in FORWARD_TEMPLATES + REVERSE_TEMPLATES]
     # The sentences pair name i with word i, which no seed's facts need to follow: the tokenizer learns
     # spellings only. Each sentence three times so that every merge passes min_frequency.
     tokenizer = build_tokenizer(corpus=templates * 3, vocab_size=4096)
@@ -226,13 +235,13 @@ def accuracy(model, tokenizer, facts: list[Fact], direction: str) -> float:
 @dataclass
 class ExperimentArgs:
     seeds: tuple[int, ...] = (0, 1, 2)
-    people: int = 200
-    steps: int = 1500
+    people: int = 100
+    steps: int = 3000
     batch_size: int = 64
     seq_len: int = 12
-    lr: float = 3e-3
+    lr: float = 6e-3
     d_model: int = 64
-    n_layers: int = 2
+    n_layers: int = 4
     n_heads: int = 4
     mlp_hidden_size: int = 192
 
@@ -338,7 +347,18 @@ def main(argv=None) -> None:
     parser.add_argument("--out-json", default="runs/reversal/results.json", help="per-seed accuracies")
     parser.add_argument("--plot", default="imgs/reversal.png", help="bar chart of the results ('' for none)")
     parser.add_argument("--work-dir", default=None, help="keep the trained models here (default: a temp dir)")
+    parser.add_argument("--report", nargs="+", default=None, metavar="RESULTS_JSON",
+                        help="train nothing: merge these --out-json files (e.g. seeds run in parallel) into the "
+                             "table and the plot")  # fmt: skip
     ns = parser.parse_args(argv)
+    if ns.report:
+        saved = [json.loads(Path(path).read_text()) for path in ns.report]
+        records = sorted((r for s in saved for r in s["records"]), key=lambda r: (r["seed"], r["model"] != "Genjo"))
+        print(results_table(records))
+        if ns.plot:
+            plot(records, ns.plot, chance=1 / saved[0]["args"]["people"])
+            print(f"\nplot: {ns.plot}")
+        return
     args = ExperimentArgs(seeds=tuple(ns.seeds), people=ns.people, steps=ns.steps, batch_size=ns.batch_size,
                           lr=ns.lr, d_model=ns.d_model, n_layers=ns.n_layers, n_heads=ns.n_heads,
                           mlp_hidden_size=ns.mlp_hidden_size)  # fmt: skip

@@ -13,6 +13,7 @@ from genjo import GenjoConfig, GenjoModelLM
 from genjo.reversal import (
     REVERSE_PROMPT,
     ExperimentArgs,
+    FORWARD_TEMPLATES,
     Fact,
     build_experiment_tokenizer,
     check_no_leak,
@@ -83,8 +84,10 @@ def test_reverse_questions_of_test_facts_never_appear_in_training():
     assert len(test) == 20 and len({f.x for f in facts}) == len({f.y for f in facts}) == 40  # one-to-one
     for prompt, _ in questions(facts, "reverse"):
         assert not any(prompt in s for s in sentences)
-    for f in test:  # taught forward, exactly once
-        assert sum(f.x in s for s in sentences) == 1 and f"{f.x}'s code word is {f.y}." in " ".join(sentences)
+    for f in test:  # taught in every forward wording, always the name before the code word
+        stated = [s for s in sentences if f.x in s]
+        assert len(stated) == len(FORWARD_TEMPLATES) and f"Agent {f.x}'s code word is {f.y}." in stated
+        assert all(s.index(f.x) < s.index(f.y) for s in stated)
     for f in facts:
         if f.paired:  # the reverse template is learned on the paired facts
             assert REVERSE_PROMPT.format(y=f.y) + f" {f.x}." in sentences
@@ -96,7 +99,7 @@ def test_reverse_questions_of_test_facts_never_appear_in_training():
 
 
 def test_both_models_train_on_the_same_batches_with_the_same_size(tmp_path):
-    args = ExperimentArgs(people=20, steps=20, batch_size=8, d_model=32, n_heads=2, mlp_hidden_size=64)
+    args = ExperimentArgs(people=20, steps=20, batch_size=8, d_model=32, n_layers=2, n_heads=2, mlp_hidden_size=64)
     tokenizer = build_experiment_tokenizer(args.people)
     facts = make_facts(args.people, seed=0)
     batches = fact_batches(tokenizer, facts, args.batch_size, args.seq_len, seed=0)
