@@ -217,6 +217,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, dict]:
                 "--prompt-format custom needs both templates."
             )
     extra = args.extra_prompt if args.extra_prompt is not None else extra
+    for name in ("limit", "batch_size", "gen_length", "steps", "block_length"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {value}.")
     pairs = load_pairs(args.data)[: args.limit]
     model, tokenizer = load_from_args(args)
     settings = sampler_settings(args, model)

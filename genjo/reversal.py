@@ -236,10 +236,10 @@ def accuracy(model, tokenizer, facts: list[Fact], direction: str) -> float:
 class ExperimentArgs:
     seeds: tuple[int, ...] = (0, 1, 2)
     people: int = 100
-    steps: int = 3000
+    steps: int = 4000
     batch_size: int = 64
     seq_len: int = 12
-    lr: float = 6e-3
+    lr: float = 3e-3
     d_model: int = 64
     n_layers: int = 4
     n_heads: int = 4

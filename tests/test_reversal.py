@@ -151,3 +151,5 @@ def test_eval_reverse_prompts_and_bad_input(pairs_file, tmp_path):
         eval_reverse.load_pairs(str(bad))
     with pytest.raises(ValueError, match="must contain \\{text\\}"):
         eval_reverse.main(["--data", str(pairs_file), "--prompt-format", "custom"])
+    with pytest.raises(ValueError, match="--limit must be a positive integer; got 0"):
+        eval_reverse.main(["--data", str(pairs_file), "--limit", "0"])
