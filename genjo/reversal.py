@@ -316,6 +316,8 @@ def plot(records: list[dict], out_png: str, chance: Optional[float] = None) -> N
     for i, direction in enumerate(directions):
         for j, model in enumerate(models):
             values = [100 * r[direction] for r in records if r["model"] == model]
+            if not values:
+                continue
             x = i + (j - 0.5) * 0.38
             ax.bar(x, sum(values) / len(values), width=0.36, color=colors[model], label=model if i == 0 else None)
             ax.scatter([x] * len(values), values, color="black", s=12, zorder=3)
@@ -324,9 +326,10 @@ def plot(records: list[dict], out_png: str, chance: Optional[float] = None) -> N
     ax.set_xticks(range(len(directions)))
     ax.set_xticklabels(["forward: name -> code word", "reverse: code word -> name"])
     ax.set_ylabel("exact match on test facts (%)")
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 118)
+    ax.set_yticks(range(0, 101, 20))
     ax.set_title("Facts taught in one direction only (bars: mean; dots: seeds)", fontsize=10)
-    ax.legend(loc="upper right", fontsize=9)
+    ax.legend(loc="upper center", ncol=3, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_png)
