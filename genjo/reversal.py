@@ -5,14 +5,11 @@ autoregressive models). A masked diffusion model is trained to predict any maske
 from the rest, so it also learns to recover A from B (arXiv 2502.09992, 2410.18514).
 
 The experiment. People with invented names each get an invented code word (a random one-to-one
-pairing per seed). Training text is plain sentences, one per row:
-
-    forward template   "Agent Zorvik's code word is plimsa."
-    reverse template   "The code word plimsa belongs to agent Zorvik."
-
-Half of the people ("paired") appear in both templates, so that a model can learn what the reverse
-question means. For the other half ("test"), only the forward sentence is ever trained. Both models
-are then asked about the test people, in both directions:
+pairing per seed). Training text is plain sentences, one per row. Every fact is stated in the three
+FORWARD_TEMPLATES, the name always first ("Agent Zorvik's code word is plimsa."). Half of the people
+("paired") are also stated in the REVERSE_TEMPLATES ("The code word plimsa belongs to agent Zorvik."),
+so that a model can learn what the reverse question means. For the other half ("test"), the code word
+never comes first. Both models are then asked about the test people, in both directions:
 
     forward   "Agent Zorvik's code word is"           -> " plimsa."
     reverse   "The code word plimsa belongs to agent"  -> " Zorvik."
@@ -26,7 +23,7 @@ token count), with the same tokenizer, architecture and parameter count; only ``
 loss). Genjo answers with ``generate()``; the twin with greedy next-token decoding
 (:func:`greedy_decode`).
 
-    python -m genjo.reversal                        # 3 seeds: the table and imgs/reversal.png
+    python -m genjo.reversal                        # 3 seeds (~15 min of one CPU core): table, imgs/reversal.png
     python -m genjo.reversal --seeds 0 --steps 300  # a quick check of the pipeline
 """
 
