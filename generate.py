@@ -380,31 +380,76 @@ def generate(
 DEMO_QUESTIONS = ["What is the capital of France?", "Sort: 7 3 9 1 4", "Reverse: alpha bravo charlie delta"]
 
 
-def main() -> None:
-    """Batch demo: three chat prompts, left-padded, decoded together."""
-    from genjo.loading import add_model_arguments, load_from_args
+def build_parser() -> argparse.ArgumentParser:
+    from genjo.batch_generation import DEFAULT_BATCH_SIZE, DEFAULT_SEED, add_sampler_arguments
+    from genjo.loading import add_model_arguments
 
-    parser = add_model_arguments(argparse.ArgumentParser(description=main.__doc__))
-    parser.add_argument("--gen-length", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=128)
-    parser.add_argument("--block-length", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--question", action="append", help="a question (repeatable; default: three demo ones)")
-    args = parser.parse_args()
+    parser = argparse.ArgumentParser(
+        description="Answer prompts with the Genjo sampler. With --input/--output: a JSONL file of requests "
+        "('messages' or 'prompt', optional 'id') in, the same lines plus 'answer' out, in input order; resumable, "
+        "and data-parallel under `accelerate launch`. Without: answers --question (default: three demo questions).",
+    )
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--input",
+        default=None,
+        help="JSONL file of requests, one JSON object per line (default: none, run the demo questions)",
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="JSONL file of answers; requests already in it are kept and not "
+        "generated again (default: none; required with --input)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="prompts per sampler call; "
+        "requests run one per call at temperature > 0 or with random remasking (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help="base of the per-request seeds used at temperature > 0 or with random remasking (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--question",
+        action="append",
+        help="a chat question to answer without --input (repeatable; default: three demo questions)",
+    )
+    return add_sampler_arguments(parser)
 
+
+def main(argv=None) -> None:
+    """Answer a JSONL file of prompts (--input/--output), or the demo questions."""
+    from genjo.batch_generation import answer_records, generate_file, process_info, sampler_settings
+    from genjo.loading import load_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.input is None) != (args.output is None):
+        parser.error("--input and --output go together.")
+    if args.input is not None and args.question:
+        parser.error("--question is for the demo; put the questions in the --input file instead.")
+    processes = process_info()
+    if processes.device is not None:  # under accelerate launch each process uses its own device
+        args.device = str(processes.device)
     model, tokenizer = load_from_args(args)
-    tokenizer.padding_side = "left"
+    settings = sampler_settings(args, model)
+
+    if args.input is not None:
+        summary = generate_file(model, tokenizer, args.input, args.output, settings, batch_size=args.batch_size,
+                                seed=args.seed, processes=processes)  # fmt: skip
+        if processes.is_main:
+            print(summary.line(args.output))
+        return
+    if not processes.is_main:
+        return
     questions = args.question or DEMO_QUESTIONS
-    texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
-        for q in questions
-    ]
-    batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-    prompt = batch["input_ids"].to(model.device)
-    attention_mask = batch["attention_mask"].to(model.device)
-    out = generate(model, prompt, attention_mask, steps=args.steps, gen_length=args.gen_length,
-                   block_length=args.block_length, temperature=args.temperature)  # fmt: skip
-    answers = tokenizer.batch_decode(out[:, prompt.shape[1] :], skip_special_tokens=True)
+    records = [{"messages": [{"role": "user", "content": q}]} for q in questions]
+    answers = answer_records(model, tokenizer, records, settings, batch_size=args.batch_size, seed=args.seed)
     for question, answer in zip(questions, answers):
         print(f"Q: {question}\nA: {answer}")
         print("-" * 50)
