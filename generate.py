@@ -398,15 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output",
         default=None,
-        help="JSONL file of answers; requests already in it are kept and not "
-        "generated again (default: none; required with --input)",
+        help="JSONL file of answers; requests already in it are kept, not generated again (default: none)",
     )
     parser.add_argument(
         "--batch-size",
         type=int,
         default=DEFAULT_BATCH_SIZE,
-        help="prompts per sampler call; "
-        "requests run one per call at temperature > 0 or with random remasking (default: %(default)s)",
+        help="prompts per sampler call; one at temperature > 0 or with random remasking (default: %(default)s)",
     )
     parser.add_argument(
         "--seed",

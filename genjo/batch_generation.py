@@ -419,8 +419,8 @@ class RunSummary:
         per_batch = self.nfe / max(self.batches, 1)
         return (f"answered {self.answered} requests (kept {self.kept} already answered) in {self.wall_s:.1f} s on "
                 f"{self.processes} process{'es' if self.processes > 1 else ''}: {rate:.2f} requests/s, "
-                f"{tokens:.1f} answer tokens/s, NFE {self.nfe} ({per_batch:.1f} per batch of "
-                f"{self.answered / max(self.batches, 1):.1f}); wrote {output}")  # fmt: skip
+                f"{tokens:.1f} answer tokens/s, NFE {self.nfe} (forward passes; {per_batch:.1f} per batch of "
+                f"{self.answered / max(self.batches, 1):.1f} requests); wrote {output}")  # fmt: skip
 
 
 def generate_file(model, tokenizer, input_path, output_path, settings: dict, batch_size: int = DEFAULT_BATCH_SIZE,
