@@ -325,16 +325,21 @@ class ProcessInfo:
 def process_info() -> ProcessInfo:
     """This process's rank, the number of processes and its device: accelerate's when started by
     ``accelerate launch`` (or torchrun) with several processes, else a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
         return ProcessInfo()
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
+    # Several CPU processes need accelerate's CPU mode (ACCELERATE_USE_CPU=true, which Accelerator reads and
+    # PartialState does not); without CUDA it is the only possibility, so it is chosen then too.
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
     # Processes wait for each other at the end while the slowest finishes its share: never time out there.
-    # ACCELERATE_USE_CPU=true is how several CPU processes are asked for (Accelerator reads it, PartialState not).
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"), timeout=timedelta(weeks=52))
-    if state.num_processes <= 1:
-        return ProcessInfo()
+    state = PartialState(cpu=cpu, timeout=timedelta(weeks=52))
+    if state.num_processes != world_size:  # each process would answer, and write, the whole file
+        raise ValueError(f"started as one of {world_size} processes, but accelerate sees {state.num_processes}; "
+                         "on CPUs launch with `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu ...` "
+                         "(EVAL.md).")  # fmt: skip
     return ProcessInfo(state.process_index, state.num_processes, state.device, state)
 
 
