@@ -83,24 +83,26 @@ SAMPLER_OPTIONS = {
     "cache": (str, "block-level KV cache (approximate, faster)"),
     "early_stop": (bool, "stop a row once every remaining slot proposes EOS"),
 }
-CHOICES = {"remasking": ("low_confidence", "random"), "cache": ("prefix", "dual")}
 
 
 def add_sampler_arguments(parser):
     """Add one flag per generate() setting (default None = the checkpoint's own setting, else generate()'s)."""
+    from argparse import BooleanOptionalAction
+
+    from generate import CACHES, REMASKING
+
+    choices = {"remasking": REMASKING, "cache": tuple(c for c in CACHES if c is not None)}
     defaults = _generate_defaults()
     group = parser.add_argument_group("sampler (unset flags take the checkpoint's sampler_defaults, else these)")
     for name, (kind, meaning) in SAMPLER_OPTIONS.items():
         flag = "--" + name.replace("_", "-")
         default = defaults.get(name)
-        shown = "unset" if default is None else default
+        shown = "none" if default is None else default
         help_text = f"{meaning} (default: the checkpoint's setting, else {shown})"
         if kind is bool:
-            from argparse import BooleanOptionalAction
-
             group.add_argument(flag, action=BooleanOptionalAction, default=None, help=help_text)
         else:
-            group.add_argument(flag, type=kind, default=None, choices=CHOICES.get(name), help=help_text)
+            group.add_argument(flag, type=kind, default=None, choices=choices.get(name), help=help_text)
     return parser
 
 
