@@ -304,9 +304,6 @@ class GenjoEvalHarness(LM):
                              "it unset to use the config's mask_token_id.")  # fmt: skip
         if self.max_length < 2:
             raise ValueError(f"max_length ({self.max_length}) must be >= 2.")
-        if self.gen_length >= self.max_length:
-            raise ValueError(f"gen_length ({self.gen_length}) leaves no room for a prompt within max_length="
-                             f"{self.max_length}.")  # fmt: skip
         if self.tokenizer.pad_token_id == self.mask_id:
             raise ValueError("the tokenizer's pad id equals the mask id; give the tokenizer another pad token.")
 
