@@ -5,7 +5,12 @@ sampler of ``generate.py``. Run it as the lm-eval command line with the model re
 
     python eval_genjo.py --model genjo_dist --tasks hellaswag --batch_size 8 \
         --model_args model_path=/path/to/Genjo-8B-Base,cfg=0.5,mc_num=128,is_check_greedy=False
+    python eval_genjo.py --model genjo_dist --tasks gsm8k --apply_chat_template --fewshot_as_multiturn \
+        --model_args model_path=/path/to/Genjo-8B-Instruct,gen_length=512,steps=512,block_length=512
     accelerate launch eval_genjo.py ...        # data parallel: lm-eval shards the requests by rank
+
+Instruct models go through lm-eval's own chat path (``apply_chat_template``): few-shot examples as
+chat turns, a task's ``gen_prefix`` as the open start of the assistant's answer.
 
 Offline tasks for the embedded models live in ``eval_tasks/`` (``--include_path eval_tasks``);
 ``evaluate_offline()`` runs them in-process without lm-eval's slow index of built-in tasks.

@@ -397,7 +397,7 @@ from eval_genjo import GenjoEvalHarness, evaluate_offline
 
 lm = GenjoEvalHarness(**json.loads(sys.argv[1]))
 res = evaluate_offline(["genjo_tiny_choice", "genjo_tiny_gen"], lm=lm, limit=5, log_samples=True)
-out = {"rank": lm.rank, "world_size": lm.world_size}
+out = {"rank": lm.rank, "world_size": lm.world_size, "speed": lm.speed_report()}
 if res is not None:
     out.update(results=res["results"], samples=res["samples"])
 with open(os.path.join(sys.argv[2], f"rank{lm.rank}.json"), "w") as f:
@@ -430,6 +430,11 @@ def test_two_cpu_processes_give_the_single_process_metrics(tiny_model_path, tmp_
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [(r["rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
+    # The speed report covers both processes, the same on each (lm-eval may pad a rank with copies).
+    speed0, speed1 = ranks[0]["speed"], ranks[1]["speed"]
+    assert speed0.keys() == speed1.keys() == {"genjo_tiny_choice", "genjo_tiny_gen"}
+    assert speed0["genjo_tiny_choice"]["requests"] == speed1["genjo_tiny_choice"]["requests"] >= 20
+    assert speed0["genjo_tiny_gen"]["requests"] == speed1["genjo_tiny_gen"]["requests"] >= 5
 
     # One thread here (fixture one_thread) as in the workers: the same kernels.
     single = evaluate_offline(["genjo_tiny_choice", "genjo_tiny_gen"], args, limit=5, log_samples=True)
