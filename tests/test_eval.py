@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -144,6 +145,10 @@ def test_apply_chat_template_as_lm_eval_calls_it(harness):
     assert harness.chat_template(True) == tok.chat_template and harness.chat_template(False) is None
     assert harness.tokenizer_name == harness.model_path.replace("/", "__")
     assert pickle.loads(pickle.dumps(prefilled)).pieces == prefilled.pieces  # lm-eval's request cache
+    with_system = harness.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"}]
+    )  # --system_instruction
+    assert [text for text, template in with_system.pieces if not template] == ["Be brief.", "What is 2 + 3?"]
 
 
 def test_encode_pair_keeps_the_templates_whitespace_in_the_context(harness):
@@ -405,6 +410,13 @@ with open(os.path.join(sys.argv[2], f"rank{lm.rank}.json"), "w") as f:
 """
 
 
+def _free_port() -> int:
+    """A port nobody listens on now: tests of other sessions may run at the same time."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _responses(samples: dict) -> dict:
     """(task, doc_id) -> flat list of the model's responses, for comparing runs."""
     flat = {}
@@ -424,7 +436,7 @@ def test_two_cpu_processes_give_the_single_process_metrics(tiny_model_path, tmp_
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
                str(tmp_path / "worker.py"), json.dumps(args), str(tmp_path)]  # fmt: skip
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
