@@ -249,20 +249,24 @@ def _validate(model, prompt, attention_mask, steps, gen_length, block_length, te
         if attention_mask.is_complex() or not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
             raise ValueError("attention_mask must hold only 1 (token) and 0 (padding); got other values.")
         if bool((prompt[attention_mask == 0] == mask_id).any()):
-            raise ValueError(f"the padding id equals the mask id ({mask_id}): pad with the EOS token instead "
-                             "(tokenizer.pad_token_id), or the padding would be decoded as answer.")  # fmt: skip
+            raise ValueError(f"the padding id equals the mask id ({mask_id}) where attention_mask is 0: pad the "
+                             "prompt with the EOS token instead (tokenizer.pad_token_id), or the padding would be "
+                             "decoded as answer.")  # fmt: skip
         if not bool(attention_mask.bool().any(dim=1).all()):
             raise ValueError("a row of attention_mask is all zeros: every prompt needs at least one real token.")
 
 
 def _check_logits(logits: torch.Tensor, block: int, step: int) -> None:
-    """Stop with a clear error when the model's (guided) logits hold NaN or +inf, which no rule can decode.
+    """Stop with a clear error when the (guided) logits cannot be decoded: a slot whose logits hold NaN or
+    +inf, or are all -inf, has no finite confidence, so it would never be committed (an endless parallel
+    loop, or an answer left as masks). A -inf on some tokens (ruled out) is fine.
 
-    -inf is allowed (a token the model rules out). One reduction: the max is NaN or +inf exactly then.
+    logits: (B, N, V) any float dtype. One reduction to (B, N): a slot's max is finite exactly when it is usable.
     """
-    top = float(logits.amax())
-    if not top < math.inf:
-        raise ValueError(f"the model returned non-finite logits ({top}) at block {block}, step {step}: "
+    top = logits.amax(dim=-1)
+    if not bool(torch.isfinite(top).all()):
+        bad = float(top[~torch.isfinite(top)][0])
+        raise ValueError(f"the model returned non-finite logits ({bad}) at block {block}, step {step}: "
                          "check the weights and dtype (e.g. fp16 overflow), or lower cfg_scale if the "
                          "guidance overflows.")  # fmt: skip
 
