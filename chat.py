@@ -172,8 +172,8 @@ def chat_loop(session: ChatSession, input_fn=input, print_fn=print) -> int:
             print_fn(f"History ({len(ids)} tokens):\n{text}")
             print_fn("-" * RULE_WIDTH)
             continue
-        print_fn(THINKING)
         try:
+            print_fn(THINKING)  # inside the try: a Ctrl-C once this line is out cancels the answer
             reply, dropped = session.ask(question)
         except KeyboardInterrupt:
             print_fn(CANCELLED)
