@@ -6,7 +6,9 @@ A byte-level BPE (Hugging Face `tokenizers`) trained on `tinyworld.tokenizer_cor
 - a run of newlines is always split off on its own (prompt/answer consistency);
 - byte-level, so any string round-trips exactly: decode(encode(text)) == text;
 - six special tokens with fixed ids 0..5 (see `SPECIAL_TOKENS`), never split;
-- `tokenizer(text)` adds no tokens (no BOS); the chat template adds the BOS.
+- `tokenizer(text)` adds no tokens (no BOS); the chat template adds the BOS;
+- `encode_chat(tokenizer, messages)` renders a chat with the template and tokenizes what the user
+  wrote as plain text, so typed text that spells a special token stays text.
 
 The diffusion mask token `<|mdm_mask|>` is deliberately NOT registered as the
 tokenizer's `mask_token`; the model config carries its id explicitly.
