@@ -321,6 +321,10 @@ def generate(
         refresh_every: with a cache, also refresh every this many steps inside a block (1 = every
             step, which reproduces cache=None exactly).
 
+    Raises:
+        ValueError naming the argument for any input it cannot sample with (checked before the first forward),
+        and when the model's logits hold NaN/+inf (or are all -inf) at a slot: such slots could never be decoded.
+
     Returns:
         (B, L + gen_length) int64 canvas on the prompt's device: the prompt, then the answer.
     """
