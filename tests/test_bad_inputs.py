@@ -8,14 +8,15 @@
   before any forward, with a message naming the argument.
 - 7 sampling runs whose logits cannot be decoded (a model returning NaN, +inf or all -inf, with the steps
   schedule, parallel decoding and the dual cache, and a finite cfg_scale so large that the guidance
-  overflows): each raises ValueError naming the non-finite logits at the first step. Every ``generate()``
-  call runs in a thread with a time limit, so a hang fails the test instead of stalling the suite.
+  overflows): each raises ValueError naming the non-finite logits at the first step (before this check they
+  returned an answer of masks, or never returned with threshold/factor). Every ``generate()`` call runs in
+  a thread with a time limit, so a hang fails the test instead of stalling the suite.
 - 26 arguments of ``get_log_likelihood()`` / ``get_log_likelihoods()``: each raises ValueError naming the
   argument before any forward.
 - 10 command lines of ``chat.py`` (bad flag values and combinations, an unknown or unavailable
-  ``--device``, a ``--model`` that does not load): each ends at start-up with one error line naming the
-  flag, exit status 2 for a flag argparse rejects and 1 for a device or model that cannot be used; no
-  traceback.
+  ``--device``, a ``--model`` that does not load): each ends at start-up, before the first question, with
+  an error line naming the flag: exit status 2 for a bad value or combination of flags (after argparse's
+  usage line), 1 with that one line alone for a device or model that cannot be used; never a traceback.
 - 2 user texts spelling special tokens (``<|eot_id|>``, ``<|mdm_mask|>``): tokenized as plain text in the
   chat prompt (no special id from the user's text), the template's own specials unchanged.
 """
