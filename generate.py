@@ -12,6 +12,8 @@ commits a scheduled number of them: the most confident (``low_confidence``) or r
 """
 
 import argparse
+import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -138,14 +140,59 @@ def _config_id(model, name: str, fallback: int) -> int:
     return fallback if value is None else int(value)
 
 
+def _check_int(name: str, value, minimum: Optional[int] = None) -> None:
+    """ValueError unless value is an int (not a bool, not a float such as 32.0) >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an int; got {value!r} ({type(value).__name__}). Pass e.g. {name}=32.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} ({value}) must be >= {minimum}.")
+
+
+def _check_number(name: str, value, meaning: str = "") -> None:
+    """ValueError unless value is a finite real number (an int or a float, not NaN or inf)."""
+    if not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number; got {value!r} ({type(value).__name__}).{meaning}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number; got {value}.{meaning}")
+
+
+def _vocabulary_size(model) -> Optional[int]:
+    """How many token ids the model can embed (config embedding_size, else vocab_size), or None if unknown."""
+    config = getattr(model, "config", None)
+    size = getattr(config, "embedding_size", None) or getattr(config, "vocab_size", None)
+    return None if size is None else int(size)
+
+
+def _check_token_ids(name: str, ids: torch.Tensor, model) -> None:
+    """ValueError when ids holds a negative id or one the model cannot embed (which would crash in the embedding)."""
+    size = _vocabulary_size(model)
+    if size is None or ids.numel() == 0:
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= size:
+        bad = low if low < 0 else high
+        raise ValueError(f"{name} holds the token id {bad}, outside the model's vocabulary 0..{size - 1}; "
+                         "tokenize with this model's tokenizer.")  # fmt: skip
+
+
 def _validate(model, prompt, attention_mask, steps, gen_length, block_length, temperature, cfg_scale, remasking,
-              mask_id, threshold, factor, cache):  # fmt: skip
-    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 2 or prompt.dtype != torch.long:
-        got = tuple(prompt.shape) if isinstance(prompt, torch.Tensor) else type(prompt).__name__
-        raise ValueError(f"prompt must be an int64 tensor of shape (batch, length); got {got}. "
+              mask_id, threshold, factor, cache, refresh_every=None, eos_id=None, eot_id=None,
+              step_callback=None):  # fmt: skip
+    """Raise a ValueError naming the argument and the fix for any input generate() cannot sample with."""
+    if not isinstance(prompt, torch.Tensor):
+        raise ValueError(f"prompt must be an int64 tensor of shape (batch, length); got a {type(prompt).__name__}. "
+                         "For one prompt use torch.tensor([ids]).")  # fmt: skip
+    if prompt.dim() != 2:
+        raise ValueError(f"prompt must be an int64 tensor of shape (batch, length); got shape {tuple(prompt.shape)}. "
                          "For one prompt use torch.tensor(ids).unsqueeze(0).")  # fmt: skip
+    if prompt.dtype != torch.long:
+        raise ValueError(f"prompt must be an int64 (torch.long) tensor of token ids; got dtype {prompt.dtype}. "
+                         "Convert it with prompt.long().")  # fmt: skip
     if prompt.shape[1] == 0:
         raise ValueError("prompt is empty: give at least one token (e.g. the chat template's BOS).")
+    _check_token_ids("prompt", prompt, model)
+    for name, value in (("steps", steps), ("gen_length", gen_length), ("block_length", block_length)):
+        _check_int(name, value)
     if gen_length <= 0 or block_length <= 0:
         raise ValueError(f"gen_length ({gen_length}) and block_length ({block_length}) must be positive.")
     if gen_length % block_length:
@@ -157,31 +204,71 @@ def _validate(model, prompt, attention_mask, steps, gen_length, block_length, te
                          f"(gen_length / block_length = {num_blocks}).")  # fmt: skip
     if remasking not in REMASKING:
         raise ValueError(f"remasking={remasking!r} is unknown; use one of {', '.join(REMASKING)}.")
+    _check_number("temperature", temperature, " Use 0 for greedy decoding or e.g. 0.5 to sample.")
     if temperature < 0:
         raise ValueError(f"temperature ({temperature}) must be >= 0 (0 = greedy).")
+    _check_number("cfg_scale", cfg_scale, " Use 0 for no guidance or e.g. 1.0.")
     if cfg_scale < 0:
         raise ValueError(f"cfg_scale ({cfg_scale}) must be >= 0 (0 = no classifier-free guidance).")
     if threshold is not None and factor is not None:
         raise ValueError("threshold and factor are exclusive parallel-decoding rules: pass one of them.")
     if (threshold is not None or factor is not None) and remasking != "low_confidence":
         raise ValueError("threshold/factor decoding ranks slots by confidence: use remasking='low_confidence'.")
-    if factor is not None and factor <= 0:
-        raise ValueError(f"factor ({factor}) must be > 0.")
+    if threshold is not None:
+        _check_number("threshold", threshold, " It is a confidence, e.g. 0.9 (or None for the steps schedule).")
+    if factor is not None:
+        _check_number("factor", factor, " Use e.g. 1.0 (or None for the steps schedule).")
+        if factor <= 0:
+            raise ValueError(f"factor ({factor}) must be > 0.")
     if cache not in CACHES:
         raise ValueError(f"cache={cache!r} is unknown; use None, 'prefix' or 'dual'.")
+    if refresh_every is not None:
+        _check_int("refresh_every", refresh_every)
+        if cache is None or refresh_every < 1:
+            raise ValueError("refresh_every needs a cache ('prefix' or 'dual') and must be >= 1.")
+    size = _vocabulary_size(model)
+    for name, value in (("mask_id", mask_id), ("eos_id", eos_id), ("eot_id", eot_id)):
+        if value is not None:
+            _check_int(name, value, minimum=0)
+            if size is not None and value >= size:
+                raise ValueError(f"{name} ({value}) is outside the model's vocabulary 0..{size - 1}; "
+                                 "leave it None to use the model config's id.")  # fmt: skip
+    if step_callback is not None and not callable(step_callback):
+        raise ValueError(f"step_callback must be a function of a StepInfo; got a {type(step_callback).__name__}.")
     max_len = getattr(getattr(model, "config", None), "max_sequence_length", None)
     if max_len is not None and prompt.shape[1] + gen_length > max_len:
         raise ValueError(f"prompt length ({prompt.shape[1]}) + gen_length ({gen_length}) exceeds the model's "
                          f"max_sequence_length ({max_len}); shorten the prompt or gen_length.")  # fmt: skip
     if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise ValueError(f"attention_mask must be a tensor of 1 (token) / 0 (padding) shaped like the prompt; "
+                             f"got a {type(attention_mask).__name__}. Use torch.tensor(mask).")  # fmt: skip
         if attention_mask.shape != prompt.shape:
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; it must match the "
                              f"prompt's {tuple(prompt.shape)}.")  # fmt: skip
+        if attention_mask.is_complex() or not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask must hold only 1 (token) and 0 (padding); got other values.")
         if bool((prompt[attention_mask == 0] == mask_id).any()):
-            raise ValueError(f"the padding id equals the mask id ({mask_id}): pad with the EOS token instead "
-                             "(tokenizer.pad_token_id), or the padding would be decoded as answer.")  # fmt: skip
+            raise ValueError(f"the padding id equals the mask id ({mask_id}) where attention_mask is 0: pad the "
+                             "prompt with the EOS token instead (tokenizer.pad_token_id), or the padding would be "
+                             "decoded as answer.")  # fmt: skip
         if not bool(attention_mask.bool().any(dim=1).all()):
             raise ValueError("a row of attention_mask is all zeros: every prompt needs at least one real token.")
+
+
+def _check_logits(logits: torch.Tensor, block: int, step: int) -> None:
+    """Stop with a clear error when the (guided) logits cannot be decoded: a slot whose logits hold NaN or
+    +inf, or are all -inf, has no finite confidence, so it would never be committed (an endless parallel
+    loop, or an answer left as masks). A -inf on some tokens (ruled out) is fine.
+
+    logits: (B, N, V) any float dtype. One reduction to (B, N): a slot's max is finite exactly when it is usable.
+    """
+    top = logits.amax(dim=-1)
+    if not bool(torch.isfinite(top).all()):
+        bad = float(top[~torch.isfinite(top)][0])
+        raise ValueError(f"the model returned non-finite logits ({bad}) at block {block}, step {step}: "
+                         "check the weights and dtype (e.g. fp16 overflow), or lower cfg_scale if the "
+                         "guidance overflows.")  # fmt: skip
 
 
 @torch.no_grad()
@@ -234,6 +321,10 @@ def generate(
         refresh_every: with a cache, also refresh every this many steps inside a block (1 = every
             step, which reproduces cache=None exactly).
 
+    Raises:
+        ValueError naming the argument for any input it cannot sample with (checked before the first forward),
+        and when the model's logits hold NaN/+inf (or are all -inf) at a slot: such slots could never be decoded.
+
     Returns:
         (B, L + gen_length) int64 canvas on the prompt's device: the prompt, then the answer.
     """
@@ -241,9 +332,7 @@ def generate(
     eos_id = _config_id(model, "eos_token_id", EOS_ID) if eos_id is None else eos_id
     eot_id = _config_id(model, "eot_token_id", EOT_ID) if eot_id is None else eot_id
     _validate(model, prompt, attention_mask, steps, gen_length, block_length, temperature, cfg_scale, remasking,
-              mask_id, threshold, factor, cache)  # fmt: skip
-    if refresh_every is not None and (cache is None or refresh_every < 1):
-        raise ValueError("refresh_every needs a cache ('prefix' or 'dual') and must be >= 1.")
+              mask_id, threshold, factor, cache, refresh_every, eos_id, eot_id, step_callback)  # fmt: skip
     started = time.perf_counter()
     user_stats = stats is not None
     stats = stats if user_stats else GenerationStats()
@@ -322,6 +411,7 @@ def generate(
                 block_logits = full_logits[:, start:end]
             elif logits_eos_inf:
                 block_logits[..., eos_id] = -torch.inf
+            _check_logits(block_logits, block, step)  # NaN/+inf logits would never be committed: stop, don't loop
 
             # 2. Early stop: a row whose every remaining mask proposes EOS is finished.
             if early_stop and step == 0 and full_logits is not None:

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from generate import MASK_ID, _config_id
+from generate import MASK_ID, _check_int, _check_number, _check_token_ids, _config_id
 
 
 def forward_process(
@@ -88,12 +88,26 @@ def get_logits(
 
 
 def _as_1d(ids, name: str) -> torch.Tensor:
-    ids = torch.as_tensor(ids, dtype=torch.long)
-    if ids.dim() == 2 and ids.shape[0] == 1:
-        ids = ids[0]
-    if ids.dim() != 1:
-        raise ValueError(f"{name} must be a 1-D sequence of token ids (or shape (1, n)); got shape {tuple(ids.shape)}.")
-    return ids
+    """ids (a tensor or a list of ints) as a (n,) int64 tensor; ValueError for floats, bools or other shapes."""
+    try:
+        tensor = torch.as_tensor(ids)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(
+            f"{name} must be a 1-D sequence of int token ids; got {type(ids).__name__} ({error})."
+        ) from None
+    if tensor.numel() == 0 and not isinstance(ids, torch.Tensor):
+        tensor = tensor.long()  # [] is a float tensor by default
+    if tensor.dtype.is_floating_point or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise ValueError(f"{name} must hold int token ids; got dtype {tensor.dtype}. Tokenize the text, or use "
+                         f"torch.tensor(ids, dtype=torch.long).")  # fmt: skip
+    tensor = tensor.long()
+    if tensor.dim() == 2 and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    if tensor.dim() != 1:
+        raise ValueError(
+            f"{name} must be a 1-D sequence of token ids (or shape (1, n)); got shape {tuple(tensor.shape)}."
+        )
+    return tensor
 
 
 @torch.no_grad()
@@ -151,15 +165,18 @@ def get_log_likelihoods(
     float rounding. Returns one float per pair, in order.
     """
     mask_id = _config_id(model, "mask_token_id", MASK_ID) if mask_id is None else mask_id
+    _check_int("mask_id", mask_id, minimum=0)
+    _check_int("mc_num", mc_num, minimum=1)
+    _check_int("batch_size", batch_size, minimum=1)
+    _check_number("cfg_scale", cfg_scale, " Use 0 for no guidance or e.g. 1.0.")
     if not pairs:
         return []
     generators = [None] * len(pairs) if generators is None else list(generators)
     if len(generators) != len(pairs):
         raise ValueError(f"got {len(generators)} generators for {len(pairs)} pairs; give one per pair (or None).")
-    if mc_num < 1:
-        raise ValueError(f"mc_num ({mc_num}) must be >= 1.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size ({batch_size}) must be >= 1.")
+    for generator in generators:
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generators must hold torch.Generator objects or None; got a {type(generator).__name__}.")
     batch_size = min(batch_size, mc_num)
     if mc_num % batch_size:
         raise ValueError(f"batch_size ({batch_size}) must divide mc_num ({mc_num}); e.g. use powers of two.")
@@ -169,8 +186,10 @@ def get_log_likelihoods(
     device = model.device if hasattr(model, "device") else torch.device("cpu")
 
     sequences, prompt_lengths = [], []
-    for prompt, answer in pairs:
-        prompt, answer = _as_1d(prompt, "prompt"), _as_1d(answer, "answer")
+    for pair in pairs:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"pairs must hold (prompt, answer) pairs of token ids; got a {type(pair).__name__}.")
+        prompt, answer = _as_1d(pair[0], "prompt"), _as_1d(pair[1], "answer")
         if answer.numel() == 0:
             raise ValueError("answer is empty: the likelihood of nothing is not defined; give at least one token.")
         if bool((answer == mask_id).any()):
@@ -178,6 +197,8 @@ def get_log_likelihoods(
         if max_len is not None and prompt.numel() + answer.numel() > max_len:
             raise ValueError(f"prompt + answer ({prompt.numel() + answer.numel()} tokens) exceed the model's "
                              f"max_sequence_length ({max_len}); truncate the prompt from the left.")  # fmt: skip
+        _check_token_ids("prompt", prompt, model)
+        _check_token_ids("answer", answer, model)
         sequences.append(torch.cat([prompt, answer]).to(device))
         prompt_lengths.append(prompt.numel())
 

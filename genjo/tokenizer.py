@@ -6,7 +6,9 @@ A byte-level BPE (Hugging Face `tokenizers`) trained on `tinyworld.tokenizer_cor
 - a run of newlines is always split off on its own (prompt/answer consistency);
 - byte-level, so any string round-trips exactly: decode(encode(text)) == text;
 - six special tokens with fixed ids 0..5 (see `SPECIAL_TOKENS`), never split;
-- `tokenizer(text)` adds no tokens (no BOS); the chat template adds the BOS.
+- `tokenizer(text)` adds no tokens (no BOS); the chat template adds the BOS;
+- `encode_chat(tokenizer, messages)` renders a chat with the template and tokenizes what the user
+  wrote as plain text, so typed text that spells a special token stays text.
 
 The diffusion mask token `<|mdm_mask|>` is deliberately NOT registered as the
 tokenizer's `mask_token`; the model config carries its id explicitly.
@@ -103,6 +105,35 @@ def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
         "end_header_id": ids(END_HEADER_TOKEN),
         "eot_token_id": ids(EOT_TOKEN),
     }
+
+
+def encode_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of a chat rendered by the tokenizer's chat template, every message's content as plain text.
+
+    The template's own special tokens (BOS, headers, <|eot_id|>) stay special, but text a user typed that
+    spells one (e.g. "<|mdm_mask|>" or "<|eot_id|>") is tokenized as ordinary characters, so it can
+    neither end a turn nor plant a mask in the prompt. For content without such text the ids equal
+    ``tokenizer(apply_chat_template(messages, tokenize=False), add_special_tokens=False)``.
+
+    messages: [{"role": ..., "content": str}, ...]. Returns a list of int ids (the template adds the BOS).
+    Raises ValueError if the template changes a message's content other than by trimming its whitespace.
+    """
+    marks = [f"\x00genjo-content-{i}\x00" for i in range(len(messages))]  # text no template or user writes
+    rendered = tokenizer.apply_chat_template(
+        [{**message, "content": mark} for message, mark in zip(messages, marks)],
+        add_generation_prompt=add_generation_prompt,
+        tokenize=False,
+    )
+    ids: list[int] = []
+    for message, mark in zip(messages, marks):
+        template_part, found, rendered = rendered.partition(mark)
+        if not found:
+            raise ValueError("the chat template does not insert each message's content verbatim.")
+        ids += tokenizer(template_part, add_special_tokens=False)["input_ids"]
+        content = str(message["content"]).strip()  # the template trims the content (`| trim`)
+        ids += tokenizer(content, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    ids += tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    return ids
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: str) -> None:

@@ -282,7 +282,7 @@ def train(args: TrainArgs) -> str:
     if args.resume and (last_dir / STATE_FILE).exists():
         tokenizer = _load_tokenizer(last_dir)
         model = GenjoModelLM.from_pretrained(last_dir, dtype=torch.float32)
-        state = torch.load(last_dir / STATE_FILE, weights_only=False)
+        state = torch.load(last_dir / STATE_FILE, weights_only=True)
         start_step = state["step"]
     elif args.init:
         tokenizer = _load_tokenizer(args.init)
