@@ -10,19 +10,15 @@ import time
 import urllib.request
 
 import pytest
-from conftest import MASK, ScriptedModel, scripted_answer
+from conftest import CHROMIUM, CHROMIUM_ARGS, MASK, ScriptedModel, require_chromium, scripted_answer
 
 import app
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHROMIUM = "/usr/bin/chromium"
 # The tokens shown by the visualisation, and whether its event is still running.
 VIS_STATE_JS = """() => [
   [...document.querySelectorAll('#vis .token .text')].map(e => e.innerText),
   !document.querySelector('#vis [data-testid=status-tracker]').classList.contains('hide')]"""
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                 "--disable-dev-shm-usage"]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -294,12 +290,7 @@ def test_a_person_chats_in_chromium_and_the_page_looks_right(instruct_model_path
     """Start `python app.py`, pick an example in headless Chromium, press Send, watch the answer appear, check
     the layout (nothing covers the message, closed settings are one line, legend shown), then send a bad
     constraint. Screenshots are kept in tmp_path."""
-    if not os.path.exists(CHROMIUM):
-        message = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = require_chromium()
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "TOKENIZERS_PARALLELISM": "false"}
