@@ -65,6 +65,7 @@ CSS = """
 #send { min-width: 6em; }
 """
 TITLE = "# Genjo - Large Language Diffusion Model Demo"
+PLACEHOLDER = "Type a question or pick an example, then **Send**: the answer is denoised live on the right."
 CONSTRAINTS_INFO = (
     "Comma-separated position:word pairs that fix words in the answer. A position counts tokens from the "
     "start of the answer (0 = its first token); a word may take several tokens and then also fills the "
@@ -448,7 +449,7 @@ def user_message_submitted(message, history, gen_length, steps, block_length, co
     except ValueError as error:
         return history, to_chatbot(history), message, gr.skip(), warn(str(error))
     history.append([message, None])
-    return history, to_chatbot(history), "", [], hidden
+    return history, to_chatbot(history), "", gr.skip(), hidden
 
 
 def make_bot_response(model, tokenizer, device):
@@ -485,16 +486,23 @@ def make_bot_response(model, tokenizer, device):
         except Exception as error:  # any failure: the conversation goes back to how it was before the message
             history = history[:-1]
             kind = "" if isinstance(error, ValueError) else f"{type(error).__name__}: "
-            yield history, to_chatbot(history), [], "", message, warn(f"The answer failed: {kind}{error}")
+            yield history, to_chatbot(history), gr.skip(), "", message, warn(f"The answer failed: {kind}{error}")
 
     return bot_response
 
 
-def clear_conversation():
-    """Empty the history, chat, current response, visualisation, message box and status."""
+def clear_conversation(gen_length=GEN_LENGTH[2]):
+    """Empty the history, chat, current response, message box and status; the visualisation shows an
+    all-mask answer of gen_length slots (so the legend stays)."""
     import gradio as gr
 
-    return [], [], "", [], "", gr.update(value="", visible=False)
+    return [], [], "", mask_frame(gen_length), "", gr.update(value="", visible=False)
+
+
+def mask_frame(gen_length) -> Frame:
+    """An answer of gen_length masks (none when gen_length is not a number from 1 to 1024)."""
+    ok = isinstance(gen_length, (int, float)) and 1 <= gen_length <= 1024
+    return [(MASK_TOKEN, MASKED)] * int(gen_length) if ok else []
 
 
 # ----------------------------------------------------------------------------- page
@@ -551,7 +559,7 @@ def build_demo(model, tokenizer, device=None, name: Optional[str] = None, exampl
         chat_history = gr.State([])
         with gr.Row():
             with gr.Column(scale=3):
-                chatbot = gr.Chatbot(label="Conversation", height=420, elem_id="chatbot")
+                chatbot = gr.Chatbot(label="Conversation", height=420, elem_id="chatbot", placeholder=PLACEHOLDER)
                 with gr.Row(equal_height=True):
                     user_input = gr.Textbox(label="Your Message", placeholder="Type your message here...",
                                             show_label=False, elem_id="message", scale=7, lines=1)  # fmt: skip
@@ -563,6 +571,7 @@ def build_demo(model, tokenizer, device=None, name: Optional[str] = None, exampl
             with gr.Column(scale=2):
                 output_vis = gr.HighlightedText(label="Denoising Process Visualization", combine_adjacent=False,
                                                 show_legend=True, show_inline_category=False, color_map=COLOUR_MAP,
+                                                value=mask_frame(defaults.get("gen_length", GEN_LENGTH[2])),
                                                 elem_id="vis")  # fmt: skip
                 gr.Examples(examples=[list(e) for e in examples], inputs=[user_input, constraints_input],
                             label="Try these (click one, then Send)", elem_id="examples")  # fmt: skip
@@ -599,7 +608,7 @@ def build_demo(model, tokenizer, device=None, name: Optional[str] = None, exampl
             outputs=[chat_history, chatbot, output_vis, current_response, user_input, status],
             api_name="bot_response",
         )
-        clear_btn.click(clear_conversation,
+        clear_btn.click(clear_conversation, inputs=[gen_length],
                         outputs=[chat_history, chatbot, current_response, output_vis, user_input, status],
                         api_name="clear_conversation")  # fmt: skip
     return demo

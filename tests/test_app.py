@@ -178,7 +178,8 @@ def test_any_failure_while_answering_leaves_a_well_formed_history(tiny_tokenizer
     new_history, chat, vis, _, box, status = outputs[-1]
     assert new_history == [["What is 12 + 30?", "42"]] and well_formed(new_history)
     assert [m["content"] for m in chat] == ["What is 12 + 30?", "42"]
-    assert box == "Sort: 3 1 2" and vis == []  # the message goes back into the box
+    assert box == "Sort: 3 1 2"  # the message goes back into the box
+    assert vis == {"__type__": "update"}  # the frames shown so far stay
     assert status["visible"] and str(error).strip("'") in status["value"]
 
 
@@ -267,8 +268,8 @@ def test_two_sessions_keep_their_own_histories(scripted_page):
     assert "is not position:word" in status["value"] and status["visible"]
     chat = clients[0].predict("What is 1 + 1?", *settings(), api_name="/user_message_submitted")[0]
     assert [m["content"][0]["text"] for m in chat] == ["What is 12 + 30?", "42", "What is 1 + 1?"]
-    cleared = clients[0].predict(api_name="/clear_conversation")
-    assert cleared[0] == []
+    chat, _, vis, box, _ = clients[0].predict(24, api_name="/clear_conversation")
+    assert chat == [] and box == "" and [t["token"] for t in vis] == ["[MASK]"] * 24
 
 
 # Rectangles of the user's message texts and of every visible button in the chat (copy, share, clear).
@@ -297,7 +298,8 @@ def test_a_person_chats_in_chromium_and_the_page_looks_right(instruct_model_path
     log = open(tmp_path / "app.log", "w")
     server = subprocess.Popen([sys.executable, "app.py", "--model", instruct_model_path, "--port", str(port)],
                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    shots = {name: tmp_path / f"app_{name}.png" for name in ("start", "mid_denoising", "answer", "rejected")}
+    names = ("start", "mid_denoising", "answer", "rejected", "settings")
+    shots = {name: tmp_path / f"app_{name}.png" for name in names}
     print(f"screenshots in {tmp_path}")
     try:
         wait_for_http(url, server, tmp_path / "app.log")
@@ -342,6 +344,10 @@ def test_a_person_chats_in_chromium_and_the_page_looks_right(instruct_model_path
             status = page.inner_text("#status")
             box_after_rejection = page.input_value("#message textarea")
             bubbles_after_rejection = page.locator("#chatbot [data-testid=user]").count()
+            page.get_by_text("Generation Settings").click()  # the sliders start at the checkpoint's settings
+            page.wait_for_selector("#steps input[type=number]", state="visible")
+            sliders = [page.input_value(f"#{name} input[type=number]") for name in ("gen_length", "steps")]
+            page.screenshot(path=str(shots["settings"]), full_page=True)
             browser.close()
         assert "genjo-tiny-instruct" in model_line and "parameters" in model_line
         assert settings_height < 80, f"the closed settings accordion is {settings_height} px tall"
@@ -359,6 +365,7 @@ def test_a_person_chats_in_chromium_and_the_page_looks_right(instruct_model_path
         assert all(name in legend_text for name in ("mask", "revealed earlier", "word constraint", "end of text"))
         assert "'x:y' is not position:word" in status
         assert box_after_rejection == "What is 12 + 30?" and bubbles_after_rejection == 1
+        assert sliders == ["32", "32"]
         assert all(os.path.getsize(path) > 10_000 for path in shots.values())
     finally:
         server.terminate()
