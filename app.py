@@ -208,7 +208,7 @@ def encode_chat_plain_content(tokenizer, messages: list[dict]) -> list[int]:
     piece between them is tokenized with ``split_special_tokens=True`` after the placeholders are put back.
     Without special strings in the contents the ids equal ``tokenizer(rendered_text)``.
     """
-    specials = sorted({str(t) for t in tokenizer.added_tokens_decoder.values()}, key=len, reverse=True)
+    specials = sorted({str(t) for t in tokenizer.added_tokens_decoder.values() if t.special}, key=len, reverse=True)
     swapped = {}
 
     def hide(text: str) -> str:
@@ -252,10 +252,11 @@ def confidence_category(confidence: float) -> str:
     return NEW_MID if confidence < 0.7 else NEW_HIGH
 
 
-def token_label(tokenizer, token: int) -> str:
-    """What a chip shows for a token: special tokens a short name (EOS, EoT), a whitespace-only token ␣
-    (or ↵ for a newline) so that no chip is blank, any other token its text."""
-    special = tokenizer.added_tokens_decoder.get(token)
+def token_label(tokenizer, token: int, added: Optional[dict] = None) -> str:
+    """What a chip shows for a token: added tokens their name, shortened for EOS and EoT; a whitespace-only
+    token ␣ (or ↵ for a newline) so that no chip is blank; any other token its text.
+    added: tokenizer.added_tokens_decoder, when the caller has it already."""
+    special = (tokenizer.added_tokens_decoder if added is None else added).get(token)
     if special is not None:
         return END_NAMES.get(str(special), str(special))
     text = tokenizer.decode([token])
@@ -272,12 +273,12 @@ def make_frame(tokenizer, answer: list[int], mask_id: int, new: dict[int, float]
     revealed by this step; fixed: constraint positions; end_ids: the end-of-text token ids (EOS, EoT),
     shown as faint chips.
     """
-    frame = []
+    frame, added = [], tokenizer.added_tokens_decoder
     for pos, token in enumerate(answer):
         if token == mask_id:
             frame.append((MASK_TOKEN, MASKED))
             continue
-        text = token_label(tokenizer, token)
+        text = token_label(tokenizer, token, added)
         if pos in fixed:
             category = CONSTRAINT
         elif token in end_ids:
@@ -427,12 +428,27 @@ def warn(message: str) -> dict:
     return gr.update(value=f"⚠️ {message}", visible=True)
 
 
+ANSWERING: set = set()  # session hashes of the pages whose answer is being generated now
+
+
+def session_of(request) -> Optional[str]:
+    return getattr(request, "session_hash", None)
+
+
+def with_request(fn: Callable, gr) -> Callable:
+    """fn, its ``request`` parameter annotated gr.Request so that Gradio passes the page's request. (Gradio is
+    imported only when a page is built, so the annotation cannot be written in the signature.)"""
+    fn.__annotations__["request"] = gr.Request
+    return fn
+
+
 def user_message_submitted(message, history, gen_length, steps, block_length, constraints, temperature, cfg_scale,
-                           remasking, delay):  # fmt: skip
+                           remasking, delay, request=None):  # fmt: skip
     """Accept the user's message: check it and the settings, add it to the history as a pending turn.
 
     Returns (history, chatbot messages, message box, visualisation, status). A blank message changes
-    nothing; a rejected one leaves the history as it was, keeps the text in the box and shows why.
+    nothing; a rejected one leaves the history as it was, keeps the text in the box and shows why. A
+    pending turn whose answer is not being generated (its event never ran) is dropped first.
     """
     import gradio as gr
 
@@ -442,7 +458,9 @@ def user_message_submitted(message, history, gen_length, steps, block_length, co
         return history, to_chatbot(history), message, gr.skip(), hidden
     try:
         if history and history[-1][1] is None:
-            raise ValueError("The previous answer is still being written; wait for it, or Clear Conversation.")
+            if session_of(request) in ANSWERING:
+                raise ValueError("The previous answer is still being written; wait for it, or Clear Conversation.")
+            history = history[:-1]
         gen_length = check_settings(gen_length, steps, block_length, temperature, cfg_scale, remasking)[0]
         check_delay(delay)
         parse_constraints(constraints, gen_length)
@@ -457,7 +475,7 @@ def make_bot_response(model, tokenizer, device):
     import gradio as gr
 
     def bot_response(history, gen_length, steps, block_length, constraints, temperature, cfg_scale, remasking, delay,
-                     multi_turn=True):  # fmt: skip
+                     multi_turn=True, request=None):  # fmt: skip
         """Yield (history, chatbot, visualisation, current response, message box, status) per frame while
         the answer is denoised. On any error the pending message leaves the history and goes back into the
         message box, and the error is shown."""
@@ -465,7 +483,8 @@ def make_bot_response(model, tokenizer, device):
         if not history or history[-1][1] is not None:  # nothing pending (e.g. the message was rejected)
             yield history, to_chatbot(history), gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return
-        message = history[-1][0]
+        message, session = history[-1][0], session_of(request)
+        ANSWERING.add(session)
         try:
             messages = format_chat_history(history, multi_turn)  # ends with the pending user turn
             gen_length = check_settings(gen_length, steps, block_length, temperature, cfg_scale, remasking)[0]
@@ -487,6 +506,8 @@ def make_bot_response(model, tokenizer, device):
             history = history[:-1]
             kind = "" if isinstance(error, ValueError) else f"{type(error).__name__}: "
             yield history, to_chatbot(history), gr.skip(), "", message, warn(f"The answer failed: {kind}{error}")
+        finally:
+            ANSWERING.discard(session)
 
     return bot_response
 
@@ -598,12 +619,12 @@ def build_demo(model, tokenizer, device=None, name: Optional[str] = None, exampl
         settings = [gen_length, steps, block_length, constraints_input, temperature, cfg_scale, remasking, delay]
         gr.on(
             [user_input.submit, send_btn.click],
-            user_message_submitted,
+            with_request(user_message_submitted, gr),
             inputs=[user_input, chat_history, *settings],
             outputs=[chat_history, chatbot, user_input, output_vis, status],
             api_name="user_message_submitted",
         ).then(
-            make_bot_response(model, tokenizer, device),
+            with_request(make_bot_response(model, tokenizer, device), gr),
             inputs=[chat_history, *settings, use_history],
             outputs=[chat_history, chatbot, output_vis, current_response, user_input, status],
             api_name="bot_response",

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import urllib.request
+from types import SimpleNamespace
 
 import pytest
 from conftest import CHROMIUM, CHROMIUM_ARGS, MASK, ScriptedModel, require_chromium, scripted_answer
@@ -163,6 +164,20 @@ def test_a_rejected_message_leaves_the_history_as_it_was_and_stays_in_the_box():
     assert accepted[0] == history + [["Sort: 3 1 2", None]] and accepted[2] == "" and not accepted[4]["visible"]
 
 
+def test_a_pending_turn_is_kept_while_answered_and_dropped_when_its_answer_never_ran():
+    page = SimpleNamespace(session_hash="page-1")
+    pending = [["What is 12 + 30?", "42"], ["Sort: 3 1 2", None]]
+    app.ANSWERING.add("page-1")
+    try:
+        with pytest.warns(UserWarning, match="still being written"):
+            history, _, box, _, _ = app.user_message_submitted("What is 1 + 1?", pending, *SETTINGS, page)
+        assert history == pending and box == "What is 1 + 1?"
+    finally:
+        app.ANSWERING.discard("page-1")
+    history = app.user_message_submitted("What is 1 + 1?", pending, *SETTINGS, page)[0]  # its event never ran
+    assert history == [["What is 12 + 30?", "42"], ["What is 1 + 1?", None]]
+
+
 @pytest.mark.parametrize("error", [ValueError("bad value"), KeyError("boom"), ZeroDivisionError("oops")])
 def test_any_failure_while_answering_leaves_a_well_formed_history(tiny_tokenizer, error):
     class FailingModel(ScriptedModel):
@@ -268,6 +283,18 @@ def test_two_sessions_keep_their_own_histories(scripted_page):
     assert "is not position:word" in status["value"] and status["visible"]
     chat = clients[0].predict("What is 1 + 1?", *settings(), api_name="/user_message_submitted")[0]
     assert [m["content"][0]["text"] for m in chat] == ["What is 12 + 30?", "42", "What is 1 + 1?"]
+    # while that answer is being written, a new message is refused (the page's session is known)
+    job = clients[0].submit(*settings(steps=16, delay=0.2), True, api_name="/bot_response")
+    deadline = time.monotonic() + 30
+    while not app.ANSWERING and time.monotonic() < deadline:
+        time.sleep(0.01)
+    chat, box, _, status = clients[0].predict("Sort: 2 1", *settings(), api_name="/user_message_submitted")
+    assert "still being written" in status["value"] and box == "Sort: 2 1"
+    assert job.result(timeout=60)[0][-1]["content"][0]["text"] == "42"
+    deadline = time.monotonic() + 10
+    while app.ANSWERING and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not app.ANSWERING  # the session is released when its answer ends
     chat, _, vis, box, _ = clients[0].predict(24, api_name="/clear_conversation")
     assert chat == [] and box == "" and [t["token"] for t in vis] == ["[MASK]"] * 24
 
