@@ -90,6 +90,17 @@ def test_renderings(trajectory, tmp_path):
     assert page.count('class="frame frame-box"') == 9 and "<script>" in page and "http" not in page
 
 
+def test_gif_frames_share_one_palette_that_keeps_every_shade(trajectory, tmp_path):
+    """The legend's small Mask swatch keeps its colour in every frame, also the final one without masks."""
+    save_gif(trajectory, tmp_path / "d.gif", "box", frame_ms=50, hold_ms=50, scale=0.5)
+    frames = [f.convert("RGB") for f in ImageSequence.Iterator(Image.open(tmp_path / "d.gif"))]
+    # first legend entry: 6 entries of 160 px centred in 1200 px, swatch centre 14 px in, 735 px down
+    swatch = (round((120 + 14) * 0.5), round(735 * 0.5))
+    for frame in frames:
+        assert colour_distance("#{:02X}{:02X}{:02X}".format(*frame.getpixel(swatch)), MASK_BACKGROUND) < 12
+        assert frame.getpixel((2, 2)) == (255, 255, 255)
+
+
 def test_scripts_record_and_render(instruct_model_path, tmp_path):
     out = tmp_path / "t.json"
     record.main(["--model", instruct_model_path, "--question", "Sort: 3 1 2", "--out", str(out),

@@ -238,9 +238,35 @@ def save_gif(trajectory: Trajectory, path: str, style: str = "box", frame_ms: in
     w, h = SIZES[style]
     size = (int(w * scale), int(h * scale))
     frames = [render_frame(trajectory, k, style).resize(size, Image.LANCZOS) for k in range(trajectory.num_steps + 1)]
-    frames = [f.quantize(colors=64, method=Image.Quantize.MEDIANCUT) for f in frames]
+    palette = _gif_palette(frames, trajectory.num_steps, style)
+    frames = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
     durations = [frame_ms] * (len(frames) - 1) + [max(hold_ms, frame_ms)]
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0, optimize=True)
+
+
+def _gif_palette(frames: list[Image.Image], num_steps: int, style: str) -> Image.Image:
+    """One 256-colour palette for every frame, so a colour means the same step in each of them: the exact
+    colours the pictures use (white, masks, every step's shade), so none is lost to a nearby shade where it
+    covers a few pixels only (a legend swatch), then the most common others (anti-aliasing, text)."""
+    if style == "box":
+        steps = [box_colour(k, num_steps) for k in range(num_steps + 1)]
+        colours = ["#FFFFFF", MASK_BACKGROUND, MASK_TEXT, BORDER] + steps
+    else:
+        colours = ["#FFFFFF", TEXT_MASK] + TEXT_STOPS
+    exact = list(dict.fromkeys(_hex(c) for c in colours))
+    w, h = frames[0].size
+    picked = frames[:: max(1, len(frames) // 8)] + [frames[-1]]
+    sheet = Image.new("RGB", (w * len(picked), h))
+    for i, frame in enumerate(picked):
+        sheet.paste(frame, (i * w, 0))
+    found = sheet.quantize(colors=256 - len(exact), method=Image.Quantize.MEDIANCUT).getpalette()
+    # Pillow maps each pixel to the palette colour nearest to its bin of 4 levels per channel, not to the
+    # pixel itself: a near twin of an exact colour could take its pixels, so the twins are left out.
+    others = [tuple(found[i : i + 3]) for i in range(0, len(found), 3)]
+    others = [rgb for rgb in others if all(max(abs(a - b) for a, b in zip(rgb, e)) > 6 for e in exact)]
+    palette = Image.new("P", (1, 1))
+    palette.putpalette([c for rgb in exact + others[: 256 - len(exact)] for c in rgb])
+    return palette
 
 
 def render_html(trajectory: Trajectory, style: str = "box") -> str:
