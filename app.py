@@ -14,7 +14,8 @@ start of the answer.
 The conversation stays well formed whatever happens: a message is accepted only once its settings are
 valid; if generation fails, the message leaves the conversation, goes back into the message box and the
 error is shown as a warning; an empty answer is kept as an (empty) assistant turn, so user and assistant
-turns always alternate.
+turns always alternate. Text a user types that spells a special token (``<|eot_id|>``) stays plain text in
+the prompt. Single-turn models (the embedded tiny ones) are sent the last question only, by default.
 
 The model is loaded in ``main()``, so ``import app`` is cheap; ``build_demo(model, tokenizer)`` makes the
 page for any loaded model. Sliders start at the checkpoint's own sampler settings where it has them.
