@@ -73,14 +73,21 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 
 def require_chromium():
-    """playwright.sync_api, once Chromium is known to be there; the test is skipped without it (a failure
-    under CI)."""
+    """playwright.sync_api, once Chromium and playwright are known to be there; the test is skipped without
+    them (a failure under CI)."""
+    message = None
     if not os.path.exists(CHROMIUM):
         message = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+    else:
+        try:
+            from playwright import sync_api
+        except ImportError:
+            message = "playwright is not installed (pip install playwright; no `playwright install` needed)"
+    if message:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
-    return pytest.importorskip("playwright.sync_api")
+    return sync_api
 
 
 def chat_model_path() -> str:
