@@ -1,4 +1,4 @@
-"""Record a generation step by step, and read/write it as JSON or as the SPEC §8 ``sample_process.txt`` log.
+"""Record a generation step by step, and read/write it as JSON or as a ``sample_process.txt`` log.
 
 A trajectory holds, for each of the ``gen_length`` answer positions, its final token and the global step
 (1..num_steps) at which the sampler revealed it, with the confidence it had then. Frame k of a picture
@@ -102,7 +102,9 @@ def log_token(text: str) -> str:
 
 
 def write_sample_process(trajectory: Trajectory, path: str) -> None:
-    """The SPEC §8 log: one line per step, ``"{step}, "`` then ``*{token}&`` per answer position."""
+    """The step log: one line per step, ``"{step}, "`` then ``*{token}&`` per answer position, each token
+    decoded alone; a still-masked position is written ``<|mdm_mask|>``; newlines, ``<|eot_id|>`` and
+    ``<|endoftext|>`` are written as a space. Parse it back with read_sample_process()."""
     with open(path, "w", encoding="utf-8") as f:
         for step in range(1, trajectory.num_steps + 1):
             shown = trajectory.revealed(step)
