@@ -273,12 +273,21 @@ def main() -> None:
     from genjo.loading import DEFAULT_BASE_MODEL, add_model_arguments, load_from_args
 
     parser = add_model_arguments(argparse.ArgumentParser(description=main.__doc__), default=DEFAULT_BASE_MODEL)
-    parser.add_argument("--prompt", default="The capital of France is")
-    parser.add_argument("--answer", default=" Paris.")
-    parser.add_argument("--mc-num", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--cfg", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompt", default="The capital of France is",
+                        help="the conditioning text, tokenized without BOS (default: %(default)r)")  # fmt: skip
+    parser.add_argument("--answer", default=" Paris.",
+                        help="the text whose log-likelihood is estimated; mind its leading space "
+                             "(default: %(default)r)")  # fmt: skip
+    parser.add_argument("--mc-num", type=int, default=128,
+                        help="Monte-Carlo samples (randomly masked copies); more is less noisy; a multiple of "
+                             "--batch-size (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="masked copies per forward pass, lowered to --mc-num when larger "
+                             "(default: %(default)s)")  # fmt: skip
+    parser.add_argument("--cfg", type=float, default=0.0,
+                        help="classifier-free guidance scale; 0 disables it (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0,
+                        help="torch seed of the random masks (default: %(default)s)")  # fmt: skip
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)

@@ -133,13 +133,20 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=model_help + " architecture (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
-                        help="default: bfloat16 on CUDA, float32 on CPU")  # fmt: skip
-    parser.add_argument("--length", type=int, default=1280, help="canvas tokens: prompt + gen_length")
-    parser.add_argument("--gen-length", type=int, default=1024)
-    parser.add_argument("--block-length", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--peak-tflops", type=float, default=None, help="dense peak for MFU (default: known GPUs)")
+                        help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")  # fmt: skip
+    parser.add_argument("--length", type=int, default=1280,
+                        help="canvas tokens: prompt + gen_length (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--gen-length", type=int, default=1024,
+                        help="answer tokens of the canvas, a multiple of --block-length "
+                             "(default: %(default)s)")  # fmt: skip
+    parser.add_argument("--block-length", type=int, default=32,
+                        help="tokens of a semi-autoregressive block (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=1, help="canvases per forward (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="timed forwards per kind; the median is reported (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="dense peak TFLOP/s for MFU (default: the bf16 peak of known GPUs, "
+                             "else no MFU)")  # fmt: skip
     args = parser.parse_args()
     if not 0 < args.gen_length <= args.length or args.gen_length % args.block_length:
         raise ValueError(f"need 0 < gen_length ({args.gen_length}) <= length ({args.length}) and gen_length "

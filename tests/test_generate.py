@@ -11,7 +11,7 @@ from generate import GenerationStats, add_gumbel_noise, generate, get_num_transf
 @torch.no_grad()
 def reference_generate(model, prompt, steps, gen_length, block_length, cfg_scale=0.0,
                        logits_eos_inf=False, confidence_eos_eot_inf=False):  # fmt: skip
-    """SPEC 2.3 at temperature 0, written plainly: per row, per step, a Python loop over candidates."""
+    """The reference sampler at temperature 0, written plainly: per row, per step, a Python loop over candidates."""
     B, L = prompt.shape
     x = torch.full((B, L + gen_length), MASK, dtype=torch.long)
     x[:, :L] = prompt

@@ -11,7 +11,8 @@ from genjo import GenjoConfig, GenjoModelLM
 
 
 def reference_forward(model: GenjoModelLM, ids: torch.Tensor, positions: torch.Tensor, key_mask=None) -> torch.Tensor:
-    """Logits recomputed from the formulas of SPEC 1.3 with explicit loops and the raw weights."""
+    """Logits (B, T, V) recomputed in float64 with explicit loops and the raw weights: pre-norm blocks, RMSNorm
+    then weight, rotate-half RoPE, bidirectional attention, SwiGLU MLP, final norm, LM head."""
     cfg = model.config
     w = {k: v.double() for k, v in model.state_dict().items()}
     p = "model.transformer."
