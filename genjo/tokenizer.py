@@ -21,6 +21,7 @@ Usage: `python -m genjo.tokenizer OUT_DIR` builds the tokenizer and saves it.
 import logging
 import re
 import sys
+import weakref
 from collections.abc import Iterable
 from typing import Optional
 
@@ -30,7 +31,8 @@ from transformers import PreTrainedTokenizerFast
 from . import tinyworld
 
 logger = logging.getLogger(__name__)
-_WARNED_TEMPLATES: set[str] = set()  # chat templates already warned about (once per process)
+# Per tokenizer, the chat templates already warned about: one warning, not one per prompt.
+_WARNED_TEMPLATES: "weakref.WeakKeyDictionary[object, set[str]]" = weakref.WeakKeyDictionary()
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"  # also the padding token
@@ -139,11 +141,11 @@ def chat_pieces(
     text = tokenizer.apply_chat_template(messages, **options)
     pieces = _template_pieces(tokenizer, messages, text, options)
     if pieces is None:
-        template = str(tokenizer.chat_template)
-        if template not in _WARNED_TEMPLATES:
+        warned = _WARNED_TEMPLATES.setdefault(tokenizer, set())
+        if str(tokenizer.chat_template) not in warned:
             logger.warning("Could not tell the chat template's text from the messages': special tokens spelled in "
                            "a message will be read as special tokens (never the mask).")  # fmt: skip
-            _WARNED_TEMPLATES.add(template)
+            warned.add(str(tokenizer.chat_template))
         pieces = [(text, True)] if text else []
     return pieces
 
