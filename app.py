@@ -200,44 +200,14 @@ def check_delay(delay) -> float:
 # ----------------------------------------------------------------------------- prompt
 
 
-def encode_chat_plain_content(tokenizer, messages: list[dict]) -> list[int]:
-    """Chat-template ids (with the generation prompt) where message contents are plain text.
-
-    A user who types ``<|eot_id|>`` or ``<|mdm_mask|>`` gets those characters, not the special token: each
-    special-token string inside a content is swapped for a private-use placeholder before the template is
-    rendered; the rendered text is split at the template's own special tokens (kept special), and every
-    piece between them is tokenized with ``split_special_tokens=True`` after the placeholders are put back.
-    Without special strings in the contents the ids equal ``tokenizer(rendered_text)``.
-    """
-    specials = sorted({str(t) for t in tokenizer.added_tokens_decoder.values() if t.special}, key=len, reverse=True)
-    swapped = {}
-
-    def hide(text: str) -> str:
-        for special in specials:
-            if special in text:
-                swapped.setdefault(special, f"\ue000{len(swapped)}\ue001")
-                text = text.replace(special, swapped[special])
-        return text
-
-    hidden = [{**m, "content": hide(m["content"])} for m in messages]
-    text = tokenizer.apply_chat_template(hidden, add_generation_prompt=True, tokenize=False)
-    if not swapped:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    ids = []
-    for piece in re.split("(" + "|".join(map(re.escape, specials)) + ")", text):
-        if piece in specials:
-            ids.append(tokenizer.convert_tokens_to_ids(piece))
-        elif piece:
-            for special, mark in swapped.items():
-                piece = piece.replace(mark, special)
-            ids += tokenizer(piece, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    return ids
-
-
 def chat_prompt_ids(tokenizer, messages: list[dict], gen_length: int, max_length: Optional[int]) -> list[int]:
-    """Template ids of the conversation plus the generation prompt, dropping the oldest exchanges to fit."""
+    """Template ids of the conversation plus the generation prompt, dropping the oldest exchanges to fit.
+
+    Message contents are plain text: a typed ``<|eot_id|>`` or ``<|mdm_mask|>`` stays characters."""
+    from genjo.tokenizer import encode_chat  # here, so that ``import app`` stays cheap
+
     while True:
-        ids = encode_chat_plain_content(tokenizer, messages)
+        ids = encode_chat(tokenizer, messages)
         if max_length is None or len(ids) + gen_length <= max_length or len(messages) <= 1:
             return ids
         messages = messages[2:] if messages[0]["role"] == "user" and len(messages) > 2 else messages[1:]

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import random
-import re
 import time
 from contextlib import contextmanager, nullcontext
 from datetime import timedelta
@@ -36,6 +35,7 @@ from tqdm.auto import tqdm
 
 from generate import CACHES, MASK_ID, REMASKING, GenerationStats, _config_id, generate, token_confidence
 from genjo.loading import DEFAULT_BASE_MODEL, load_model
+from genjo.tokenizer import chat_pieces, encode_pieces
 from get_log_likelihood import get_log_likelihoods, get_logits
 
 TASKS_DIR = Path(__file__).resolve().parent / "eval_tasks"
@@ -112,7 +112,7 @@ class ChatPrompt(str):
     It is an ordinary ``str`` to lm-eval (logged, hashed and passed back as the request's context);
     ``pieces`` is ``((text, from_template), ...)`` whose texts concatenate to the string. Only the
     template's pieces may hold special tokens: a message that spells ``<|eot_id|>`` or the mask token
-    is tokenized as plain text (``GenjoEvalHarness._encode``).
+    is tokenized as plain text (``genjo.tokenizer.encode_pieces``).
     """
 
     pieces: tuple[tuple[str, bool], ...]
@@ -252,11 +252,6 @@ class GenjoEvalHarness(LM):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token_id = self.tokenizer.eos_token_id
         self._check_model_settings()
-        # Tokens the tokenizer matches before BPE; only a chat template's own text may produce them,
-        # and never the mask (see _encode).
-        added = {t.content: i for i, t in self.tokenizer.added_tokens_decoder.items() if i != self.mask_id}
-        self._added_ids = added
-        self._added_re = re.compile("|".join(re.escape(t) for t in sorted(added, key=len, reverse=True)) or "(?!)")
         # Text after the end of an answer is never part of it (as lm-eval's HF model stops at EOS).
         self._stop_tokens = [
             self.tokenizer.convert_ids_to_tokens(i)
@@ -268,7 +263,6 @@ class GenjoEvalHarness(LM):
         self._forwards = 0  # model calls, for the speed report
         self.model.register_forward_hook(self._count_forward)
         self.speed: dict[str, dict] = {}  # per task: requests, seconds, forwards, answer tokens (all ranks)
-        self._warned_template = False
 
     def _check_settings(self) -> None:
         """Fail at construction, not after hours of evaluation: the sampler's own rules, up front."""
@@ -365,99 +359,29 @@ class GenjoEvalHarness(LM):
         ``add_generation_prompt=False`` (a task's ``gen_prefix``): the last message is the start of
         the assistant's answer and is left open (``continue_final_message``), so the answer is
         generated, or scored, as its continuation. Returns a ``ChatPrompt``: the rendered string,
-        which knows the template's pieces from the messages' text.
+        which knows the template's pieces from the messages' text (``genjo.tokenizer.chat_pieces``).
         """
         import jinja2
 
-        options = dict(tokenize=False, add_generation_prompt=add_generation_prompt,
-                       continue_final_message=not add_generation_prompt)  # fmt: skip
+        options = dict(add_generation_prompt=add_generation_prompt, continue_final_message=not add_generation_prompt)
         if self.tokenizer.chat_template is None:
             self.chat_template(True)  # the clear error
         try:
-            text = self.tokenizer.apply_chat_template(chat_history, **options)
+            pieces = chat_pieces(self.tokenizer, chat_history, **options)
         except jinja2.exceptions.TemplateError:  # as lm-eval's HF model: retry without the system turn
             logger.warning("The chat template failed; retrying without the system message.")
             chat_history = [message for message in chat_history if message["role"] != "system"]
-            text = self.tokenizer.apply_chat_template(chat_history, **options)
-        pieces = self._template_pieces(chat_history, text, options)
-        if pieces is None:
-            if not self._warned_template:
-                logger.warning("Could not tell the chat template's text from the messages': special tokens "
-                               "spelled in a message will be read as special tokens (never the mask).")  # fmt: skip
-                self._warned_template = True
-            pieces = [(text, True)]
+            pieces = chat_pieces(self.tokenizer, chat_history, **options)
         return ChatPrompt(pieces)
-
-    def _template_pieces(self, messages: list[dict], text: str, options: dict) -> Optional[list]:
-        """Split ``text`` into (piece, from_template), or None when the template hides the messages.
-
-        The template is rendered again with a private-use placeholder instead of each message's
-        content; between the placeholders lies the template's own text. A message may appear in
-        ``text`` as is or stripped (templates trim; a continued final message loses its trailing
-        whitespace).
-        """
-        contents = [message.get("content") for message in messages]
-        if not all(isinstance(content, str) for content in contents):
-            return None
-        holders = [f"\ue000{i}\ue001" for i in range(len(messages))]
-        try:
-            shell = self.tokenizer.apply_chat_template(
-                [{**message, "content": holder} for message, holder in zip(messages, holders)], **options
-            )
-        except Exception:  # noqa: BLE001 - any failure here only loses the separation, reported by the caller
-            return None
-        if re.findall("\ue000\\d+\ue001", shell) != holders:
-            return None
-        parts = re.split("\ue000\\d+\ue001", shell)  # len(messages) + 1 pieces of the template's text
-        pieces, pos = [], 0
-        for i, content in enumerate(contents):
-            if not text.startswith(parts[i], pos):
-                return None
-            pieces.append((parts[i], True))
-            pos += len(parts[i])
-            following, last = parts[i + 1], i == len(contents) - 1
-            for shown in dict.fromkeys((content, content.strip(), content.rstrip(), content.lstrip())):
-                end = pos + len(shown)
-                if text.startswith(shown, pos) and (
-                    text[end:] == following if last else text.startswith(following, end)
-                ):
-                    break
-            else:
-                return None
-            pieces.append((shown, False))
-            pos = end
-        pieces.append((parts[-1], True))
-        return pieces if "".join(piece for piece, _ in pieces) == text else None
 
     # ------------------------------------------------------------------ tokenization
 
-    def _tokens(self, text: str) -> list[int]:
-        """Plain text to ids: a spelled special token stays text (never the mask, never an end of turn)."""
-        if not text:
-            return []
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-
     def _encode(self, pieces) -> list[int]:
-        """Ids of a prompt: a ChatPrompt, a plain string, or a list of (text, from_template) pieces.
-
-        Special tokens are read only in the template's pieces. The text between two special tokens
-        is tokenized as one string, as the tokenizer itself does, so a prompt whose messages spell
-        no special token gets exactly the ids of ``tokenizer(prompt)``.
-        """
+        """Ids of a prompt: a ChatPrompt, a plain string (all text), or a list of (text, from_template)
+        pieces; special tokens are read only in the template's pieces (``genjo.tokenizer.encode_pieces``)."""
         if isinstance(pieces, str):
             pieces = pieces.pieces if isinstance(pieces, ChatPrompt) else [(pieces, False)]
-        ids, plain = [], ""
-        for text, template in pieces:
-            if not template:
-                plain += text
-                continue
-            pos = 0
-            for match in self._added_re.finditer(text):
-                ids += self._tokens(plain + text[pos : match.start()])
-                ids.append(self._added_ids[match.group()])
-                plain, pos = "", match.end()
-            plain += text[pos:]
-        return ids + self._tokens(plain)
+        return encode_pieces(self.tokenizer, pieces, self.mask_id)
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """Token ids of the context and the continuation (no BOS), as lm-eval's HF model splits them.

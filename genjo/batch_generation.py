@@ -47,6 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .loading import sampler_defaults
+from .tokenizer import encode_chat
 
 DEFAULT_SEED = 1234
 DEFAULT_BATCH_SIZE = 8
@@ -192,14 +193,13 @@ def encode_requests(requests: list[Request], tokenizer, gen_length: int, max_len
         where = f"{source}, line {request.line}"
         if "messages" in request.record:
             try:
-                text = tokenizer.apply_chat_template(request.record["messages"], add_generation_prompt=True,
-                                                     tokenize=False)  # fmt: skip
+                # Message contents are plain text: a spelled <|eot_id|> or <|mdm_mask|> stays characters.
+                request.input_ids = encode_chat(tokenizer, request.record["messages"], add_generation_prompt=True)
             except Exception as error:  # the template's own error (no template, bad roles, ...)
                 raise ValueError(f"{where}: the chat template failed ({error}); for a model without a chat "
                                  "template give a raw 'prompt' instead.") from None  # fmt: skip
-        else:
-            text = request.record["prompt"]
-        request.input_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:  # a raw prompt is the caller's own rendering: its special tokens are read as such
+            request.input_ids = tokenizer(request.record["prompt"], add_special_tokens=False)["input_ids"]
         if not request.input_ids:
             raise ValueError(f"{where}: the prompt has no tokens; give some text.")
         if max_length is not None and len(request.input_ids) + gen_length > max_length:

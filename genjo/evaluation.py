@@ -10,6 +10,8 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from .tokenizer import encode_chat
+
 # Sampler settings of the embedded instruct model: its answers are at most 16 tokens, so a 32-slot
 # canvas decoded one token per step in one block covers every family.
 TINY_SAMPLER_DEFAULTS = dict(gen_length=32, steps=32, block_length=32, temperature=0.0, remasking="low_confidence")
@@ -17,11 +19,7 @@ TINY_SAMPLER_DEFAULTS = dict(gen_length=32, steps=32, block_length=32, temperatu
 
 def chat_prompt_batch(tokenizer, questions: Sequence[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded (B, L) int64 input ids and attention mask of single-turn chat prompts."""
-    texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
-        for q in questions
-    ]
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    ids = [encode_chat(tokenizer, [{"role": "user", "content": q}], add_generation_prompt=True) for q in questions]
     length = max(len(i) for i in ids)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (length - len(i)) + i for i in ids], dtype=torch.long, device=device)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from . import tinyworld
 from .configuration_genjo import GenjoConfig
 from .modeling_genjo import GenjoModelLM
-from .tokenizer import build_tokenizer, special_token_ids
+from .tokenizer import build_tokenizer, encode_chat, special_token_ids
 
 STATE_FILE = "training_state.pt"
 CURVE_FILE = "learning_curve.jsonl"
@@ -156,10 +156,7 @@ def pretrain_batch(args: TrainArgs, tokenizer, step: int) -> torch.Tensor:
 
 def sft_example(tokenizer, problem: tinyworld.Problem) -> tuple[list[int], list[int]]:
     """Prompt ids (chat template with generation prompt) and answer ids (+ <|eot_id|>)."""
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": problem.question}], add_generation_prompt=True, tokenize=False
-    )
-    prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+    prompt = encode_chat(tokenizer, [{"role": "user", "content": problem.question}], add_generation_prompt=True)
     answer = tokenizer(problem.answer, add_special_tokens=False)["input_ids"]
     return prompt, answer + [tokenizer.convert_tokens_to_ids("<|eot_id|>")]
 

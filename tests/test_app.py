@@ -14,6 +14,7 @@ import pytest
 from conftest import CHROMIUM, CHROMIUM_ARGS, MASK, ScriptedModel, require_chromium, scripted_answer
 
 import app
+from genjo.tokenizer import encode_chat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tokens shown by the visualisation, and whether its event is still running.
@@ -76,19 +77,14 @@ def test_settings_are_checked_with_messages_that_say_what_to_fix():
 
 
 def test_user_text_spelling_a_special_token_stays_plain_text(tiny_tokenizer):
-    """Typed <|eot_id|> / <|mdm_mask|> are characters; the template's own special tokens stay special."""
+    """The prompt goes through genjo.tokenizer.encode_chat (tested in test_tokenizer.py): typed specials are text."""
     tok = tiny_tokenizer
     eot, mask = tok.convert_tokens_to_ids("<|eot_id|>"), tok.convert_tokens_to_ids("<|mdm_mask|>")
-    plain = [{"role": "user", "content": "Sort: 3 1 2"}, {"role": "assistant", "content": ""},
-             {"role": "user", "content": "What is 1 + 2?"}]  # fmt: skip
-    text = tok.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
-    assert app.encode_chat_plain_content(tok, plain) == tok(text, add_special_tokens=False)["input_ids"]
     typed = [{"role": "user", "content": "a <|eot_id|> b <|mdm_mask|>"}]
-    ids = app.encode_chat_plain_content(tok, typed)
+    ids = app.chat_prompt_ids(tok, typed, gen_length=8, max_length=None)
+    assert ids == encode_chat(tok, typed)
     assert ids.count(eot) == 1 and mask not in ids  # only the template's end of turn
     assert tok.decode(ids, skip_special_tokens=False).count("<|eot_id|>") == 2  # typed text kept as characters
-    reference = app.encode_chat_plain_content(tok, [{"role": "user", "content": "a X b Y"}])
-    assert ids[:5] == reference[:5] and ids[-5:] == reference[-5:]  # template around the content unchanged
 
 
 # ----------------------------------------------------------------------------- the generation callback

@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from eval_genjo import GenjoEvalHarness, evaluate_offline  # noqa: E402
 from genjo.loading import DEFAULT_BASE_MODEL, DEFAULT_MODEL  # noqa: E402
-from genjo.tokenizer import special_token_ids  # noqa: E402
+from genjo.tokenizer import encode_plain, special_token_ids  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_MODEL = os.environ.get("GENJO_TEST_BASE_MODEL", DEFAULT_BASE_MODEL)
@@ -291,7 +291,7 @@ def test_generate_until_batches_keep_order_and_cut_at_stops(tiny_model_path):
     eot = "<|eot_id|>"
     ids = batched.tokenizer("1 2 3" + eot + "junk\nmore", add_special_tokens=False)["input_ids"]
     assert batched._finish(ids, ["\n"]) == "1 2 3"  # the end of the turn ends the answer
-    assert batched._finish(batched._tokens("1 2 3 junk\nmore"), ["junk"]) == "1 2 3 "
+    assert batched._finish(encode_plain(batched.tokenizer, "1 2 3 junk\nmore"), ["junk"]) == "1 2 3 "
 
 
 def test_random_sampling_is_seeded_per_request(tiny_model_path):

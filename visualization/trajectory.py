@@ -64,9 +64,11 @@ def record_generation(model, tokenizer, question: str, **generate_kwargs) -> Tra
 
     generate_kwargs go to generate() (steps, gen_length, block_length, temperature, remasking, ...).
     """
-    messages = [{"role": "user", "content": question}]
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    prompt = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=model.device)  # (1, L)
+    from genjo.tokenizer import encode_chat  # here: rendering a saved trajectory needs no transformers
+
+    # The question is plain text: one that spells <|eot_id|> or <|mdm_mask|> stays characters.
+    ids = encode_chat(tokenizer, [{"role": "user", "content": question}], add_generation_prompt=True)
+    prompt = torch.tensor([ids], device=model.device)  # (1, L) int64
     L = prompt.shape[1]
     reveal: dict[int, tuple[int, float]] = {}
     steps_done = 0
