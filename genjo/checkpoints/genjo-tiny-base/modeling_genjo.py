@@ -366,7 +366,7 @@ class GenjoPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["GenjoBlock"]
     # Under a device_map, accelerate moves a module's inputs to its device; each layer's cache already
     # lives on its block's device, and the dual cache is updated in place, so it must not be copied.
-    _skip_keys_device_placement = "past_key_values"
+    _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
     supports_gradient_checkpointing = False
 
