@@ -165,3 +165,17 @@ def test_likelihood_log_normalizer_chunks_equal_the_whole(cfg):
     uncond = uncond if cfg > 0 else None
     whole = torch.logsumexp(_guided(cond, uncond, cfg).float(), dim=-1)
     assert torch.equal(_log_normalizers(cond, uncond, cfg, chunk=3), whole)
+
+
+def test_bench_forward_dry_run_of_the_8b_on_meta(capsys):
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import bench_forward
+
+    from genjo import GenjoConfig
+
+    args = __import__("argparse").Namespace(length=320, gen_length=64, block_length=32, batch_size=1)
+    bench_forward.dry_run(GenjoConfig(), torch.bfloat16, args)
+    printed = capsys.readouterr().out
+    assert "8,015,581,184 parameters" in printed and "weights 14.93 GiB" in printed
+    assert "| full forward | (1, 320) | (1, 320, 126464) |" in printed
+    assert "| 1024 | 1280 | 0.62 GiB |" in printed  # KV cache per row: 0.5 MiB per token in bf16
