@@ -327,7 +327,7 @@ def generate(
 
     def read_logits(kind: str, inputs: torch.Tensor, first: int, last: int, **kwargs):
         """Forward inputs (B or 2B, T_in); returns (guided logits (B, last - first, V) of the input
-        columns first:last, the model output with the logits dropped)."""
+        columns first:last on the canvas's device, the model output)."""
         if head_at_read_columns and (first, last) != (0, inputs.shape[1]):
             read = torch.zeros(inputs.shape, dtype=torch.bool, device=inputs.device)
             read[:, first:last] = True
@@ -336,7 +336,8 @@ def generate(
         else:
             out = forward(kind, inputs, **kwargs)
             logits = out.logits[:, first:last]
-        return guided(logits), out
+        # Under a device_map the logits come from the last block's device; the canvas stays put.
+        return guided(logits.to(inputs.device)), out
 
     num_blocks = gen_length // block_length
     steps_per_block = steps // num_blocks
