@@ -7,6 +7,7 @@ their solo answer exactly and the share of equal answer tokens. In fp32 padding 
 products round differently for different shapes, which can flip a near-tie between two proposals.
 
     python benchmarks/bench_padding.py                          # embedded instruct model, CPU
+    python benchmarks/bench_padding.py --random-weights 0.5             # its architecture, random weights
     python benchmarks/bench_padding.py --model <8B-Instruct> --dtypes bfloat16
 """
 
@@ -31,15 +32,25 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--cache", default=None, choices=["prefix", "dual"])
+    parser.add_argument("--random-weights", type=float, default=None, metavar="STD",
+                        help="replace the weights by N(0, STD) draws (seed 0); config and tokenizer stay")  # fmt: skip
     args = parser.parse_args()
 
     model, tokenizer = load_from_args(args)
+    if args.random_weights is not None:
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if not name.endswith("norm.weight") and not name.endswith("ln_f.weight"):
+                    values = torch.randn(parameter.shape, generator=generator) * args.random_weights
+                    parameter.copy_(values)
     defaults = sampler_defaults(model)
     gen_length = defaults.get("gen_length", 32)
     kwargs = dict(gen_length=gen_length, steps=defaults.get("steps", gen_length),
                   block_length=defaults.get("block_length", gen_length), cache=args.cache)  # fmt: skip
     questions = [p.question for p in tinyworld.sample_problems(args.problems, seed=1, split="heldout")]
-    print(f"{args.model}: {args.problems} held-out chat prompts, batches of {args.batch_size} (left-padded), "
+    weights = "" if args.random_weights is None else f" with N(0, {args.random_weights}) random weights"
+    print(f"{args.model}{weights}: {args.problems} held-out chat prompts, batches of {args.batch_size} (left-padded), "
           f"temperature 0, {kwargs}\n")  # fmt: skip
     print("| dtype | rows equal to their solo run | answer tokens equal |")
     print("|---|---|---|")
