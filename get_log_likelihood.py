@@ -76,8 +76,9 @@ def _guided(cond: torch.Tensor, uncond: Optional[torch.Tensor], cfg_scale: float
     """uncond + (cfg_scale + 1) (cond - uncond) in fp32 (cond itself without CFG)."""
     if uncond is None:
         return cond
-    cond, uncond = cond.float(), uncond.float()
-    return uncond + (cfg_scale + 1) * (cond - uncond)
+    uncond = uncond.float()
+    # in place on one fp32 copy: the same values as the formula, without its (N, V) temporaries
+    return cond.to(torch.float32, copy=True).sub_(uncond).mul_(cfg_scale + 1).add_(uncond)
 
 
 def get_logits(
@@ -101,12 +102,20 @@ def get_logits(
     return _guided(cond, uncond, cfg_scale)
 
 
-def _log_normalizers(cond: torch.Tensor, uncond: Optional[torch.Tensor], cfg_scale: float, chunk: int) -> torch.Tensor:
+# fp32 elements upcast at a time by the likelihood's log-softmax (16 MiB per temporary)
+LOG_SOFTMAX_CHUNK_ELEMENTS = 1 << 22
+
+
+def _log_normalizers(
+    cond: torch.Tensor, uncond: Optional[torch.Tensor], cfg_scale: float, chunk: Optional[int] = None
+) -> torch.Tensor:
     """logsumexp over V of the guided fp32 logits of every slot: (N,) fp32, from (N, V) cond/uncond.
 
-    Upcast and combined ``chunk`` slots at a time, so the fp32 working set stays chunk x V whatever
-    the number of rows in the forward (the model's own (N, V) output is the only full-size tensor).
+    Upcast and combined ``chunk`` slots at a time (default: LOG_SOFTMAX_CHUNK_ELEMENTS // V), so the
+    fp32 working set stays a few chunk x V tensors whatever the number of rows in the forward; the
+    model's own (N, V) output is the only full-size tensor.
     """
+    chunk = chunk or max(1, LOG_SOFTMAX_CHUNK_ELEMENTS // cond.shape[-1])
     out = torch.empty(cond.shape[0], dtype=torch.float32, device=cond.device)
     for i in range(0, cond.shape[0], chunk):
         part = _guided(cond[i : i + chunk], None if uncond is None else uncond[i : i + chunk], cfg_scale)
@@ -254,7 +263,7 @@ def get_log_likelihoods(
         else:
             cond, uncond = _model_logits(model, noisy, prompt_index, cfg_scale, mask_id, attention_mask=attention_mask)
             cond, uncond = cond[masked], None if uncond is None else uncond[masked]
-        log_normalizer = _log_normalizers(cond, uncond, cfg_scale, chunk=longest)  # (N,)
+        log_normalizer = _log_normalizers(cond, uncond, cfg_scale)  # (N,)
         # CE of every use of every row: a row shared by several pairs is scored against each one's answer
         slots, targets, use_pairs, use_weights = [], [], [], []
         first_slot = 0

@@ -9,6 +9,11 @@ are the sampler's own buffers (logits, noise, confidences).
 
     python benchmarks/bench_memory.py                                  # this checkout's generate.py
     python benchmarks/bench_memory.py --sampler /path/to/old/generate.py --label before
+    python benchmarks/bench_memory.py --likelihood [--sampler /path/to/old/get_log_likelihood.py]
+
+--likelihood measures get_log_likelihood instead (one forward of --batch rows scoring a
+--gen-length-token answer after the prompt), per setting of rows and CFG: the extra peak divided by
+the logits of the masked slots it scores (N x V, N about half the answer per row).
 
 Linux only (reads /proc/self/status). One thread per process, so the numbers do not depend on the
 machine's load.
@@ -35,6 +40,12 @@ SETTINGS = {  # name -> generate() keyword arguments
     "T=0.8, dual cache": dict(temperature=0.8, cache="dual"),
 }
 BASELINE = {name: name.replace("T=0.8", "T=0") for name in SETTINGS if name.startswith("T=0.8")}
+LIKELIHOOD_SETTINGS = {  # name -> (rows per forward, cfg_scale)
+    "8 rows": (8, 0.0),
+    "32 rows": (32, 0.0),
+    "8 rows, CFG 1.0": (8, 1.0),
+    "32 rows, CFG 1.0": (32, 1.0),
+}
 
 
 def _kib(field: str) -> int:
@@ -56,11 +67,25 @@ def child(args) -> None:
     spec.loader.exec_module(sampler)
 
     torch.manual_seed(0)
+    mask_id = args.vocab - 1
     config = GenjoConfig(d_model=64, n_layers=2, n_heads=4, mlp_hidden_size=128, vocab_size=args.vocab,
                          embedding_size=args.vocab, max_sequence_length=4096, mask_token_id=args.vocab - 1,
                          eos_token_id=1, pad_token_id=1, eot_token_id=2, bos_token_id=0)  # fmt: skip
-    model = GenjoModelLM(config).eval()
+    model = GenjoModelLM(config).to(getattr(torch, args.dtype)).eval()
     prompt = torch.randint(3, args.vocab - 1, (args.batch, args.prompt_length))
+    if args.likelihood:
+        rows, cfg = LIKELIHOOD_SETTINGS[args.setting]
+        answer = torch.randint(3, mask_id, (args.gen_length,))
+        score = sampler.get_log_likelihood
+        score(model, prompt[0, :8], answer[:8], mc_num=2, batch_size=2, cfg_scale=cfg)  # warm-up
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _kib("VmRSS")
+        generator = torch.Generator().manual_seed(0)
+        score(model, prompt[0], answer, mc_num=rows, batch_size=rows, cfg_scale=cfg, generator=generator)
+        peak = _kib("VmHWM")
+        logits = rows * (args.gen_length // 2) * args.vocab  # masked slots: about half the answer per row
+        print(json.dumps(dict(setting=args.setting, extra_bytes=peak - before, per_logit=(peak - before) / logits)))
+        return
     kwargs = dict(SETTINGS[args.setting], steps=args.gen_length // args.block_length, gen_length=args.gen_length,
                   block_length=args.block_length)  # fmt: skip
     sampler.generate(model, prompt[:, :8], **dict(kwargs, gen_length=args.block_length, steps=1))  # warm-up
@@ -81,8 +106,12 @@ def main() -> None:
     parser.add_argument("--gen-length", type=int, default=256)
     parser.add_argument("--block-length", type=int, default=32)
     parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
+    parser.add_argument("--likelihood", action="store_true", help="measure get_log_likelihood instead")
     parser.add_argument("--setting", default=None, help=argparse.SUPPRESS)  # set in the child process
     args = parser.parse_args()
+    if args.likelihood and args.sampler == str(REPO / "generate.py"):
+        args.sampler = str(REPO / "get_log_likelihood.py")
     if args.setting is not None:
         child(args)
         return
@@ -92,16 +121,26 @@ def main() -> None:
     from tqdm import tqdm
 
     rows = []
-    for setting in tqdm(SETTINGS, desc=args.label):
+    settings = LIKELIHOOD_SETTINGS if args.likelihood else SETTINGS
+    for setting in tqdm(settings, desc=args.label):
         command = [sys.executable, __file__, "--setting", setting] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("setting", "label")
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("setting", "label", "likelihood")
         ]
+        command += ["--likelihood"] if args.likelihood else []
         env = dict(os.environ, OMP_NUM_THREADS="1")
         result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode:
             raise SystemExit(f"{setting} failed:\n{result.stderr[-3000:]}")
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
     canvas = args.prompt_length + args.gen_length
+    if args.likelihood:
+        print(f"\n{args.label}: get_log_likelihood, prompt {args.prompt_length} + answer {args.gen_length}, "
+              f"V {args.vocab}, {args.dtype}, one forward of the given rows\n")  # fmt: skip
+        print("| setting | extra peak MiB | bytes per masked-slot logit |")
+        print("|---|---|---|")
+        for r in rows:
+            print(f"| {r['setting']} | {r['extra_bytes'] / 2**20:.0f} | {r['per_logit']:.1f} |")
+        return
     print(f"\n{args.label}: B {args.batch}, canvas {canvas} = prompt {args.prompt_length} + gen {args.gen_length}, "
           f"block {args.block_length}, V {args.vocab}: {args.batch * canvas * args.vocab:,} "
           "canvas logits\n")  # fmt: skip
