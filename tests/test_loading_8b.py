@@ -117,7 +117,15 @@ def test_device_map_auto_with_disk_offload_gives_the_same_tokens(tmp_path):
                            max_memory={"cpu": size // 2}, offload_folder=str(tmp_path / "offload"))  # fmt: skip
     placement = offloaded.hf_device_map
     assert placement["model.transformer.blocks.0"] == "cpu" and placement["model.transformer.blocks.3"] == "disk"
-    assert "past_key_values" in offloaded._hf_hook.skip_keys  # caches are never copied between devices
+    # accelerate moves inputs to each module's device and outputs back; caches must stay where they are
+    from accelerate.utils import send_to_device
+
+    out = offloaded(PROMPT, use_cache=True)
+    skip = offloaded._hf_hook.skip_keys
+    moved = send_to_device(out, "meta", skip_keys=skip)
+    assert moved.logits.device.type == "meta" and moved.cache[0][0] is out.cache[0][0]
+    moved_in = send_to_device(dict(input_ids=PROMPT, past_key_values=out.cache), "meta", skip_keys=skip)
+    assert moved_in["past_key_values"][0][0] is out.cache[0][0]
     for cache in (None, "prefix", "dual"):
         for temperature in (0.0, 0.8):
             kwargs = dict(steps=16, gen_length=16, block_length=8, cache=cache, temperature=temperature)

@@ -364,9 +364,10 @@ class GenjoPreTrainedModel(PreTrainedModel):
     config_class = GenjoConfig
     base_model_prefix = "model"
     _no_split_modules = ["GenjoBlock"]
-    # Under a device_map, accelerate moves a module's inputs to its device; each layer's cache already
-    # lives on its block's device, and the dual cache is updated in place, so it must not be copied.
-    _skip_keys_device_placement = ["past_key_values"]
+    # Under a device_map, accelerate moves a module's inputs to its device and its outputs back to the
+    # input's device; each layer's cache lives on its block's device and the dual cache is updated in
+    # place, so neither the cache argument nor the output's cache may be copied.
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
     supports_gradient_checkpointing = False
 
