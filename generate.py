@@ -246,12 +246,13 @@ def generate(
     """Sample an answer of gen_length tokens for each prompt by reverse masked diffusion.
 
     Args:
-        model: a mask predictor returning ``.logits`` (B, T, V), e.g. GenjoModelLM.
+        model: a mask predictor returning ``.logits`` (B, T, V), e.g. GenjoModelLM; one whose
+            ``supports_logits_mask`` is true is asked only for the logits that are read.
         prompt: (B, L) int64, left-padded when B > 1.
         attention_mask: (B, L) of 1 (token) / 0 (padding), or None. Padding must not be the mask id.
         steps: forward passes in all (steps / number of blocks per block). Ignored by threshold/factor.
         gen_length: answer slots G. block_length: slots per block (G for one block).
-        temperature: 0 = greedy; > 0 samples by Gumbel-max in float64.
+        temperature: 0 = greedy; > 0 samples by Gumbel-max in float64 (the noise is kept for the block only).
         cfg_scale: unsupervised classifier-free guidance; the unconditional pass masks the prompt.
         remasking: 'low_confidence' commits the most probable proposals, 'random' random ones.
         mask_id, eos_id, eot_id: default to the model config's mask/eos/eot token ids.
