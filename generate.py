@@ -17,7 +17,7 @@ import numbers
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -59,19 +59,53 @@ class StepInfo:
     committed: torch.Tensor  # bool, slots committed by this step
 
 
-def add_gumbel_noise(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def add_gumbel_noise(logits: torch.Tensor, temperature: float, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Noised logits whose argmax is a sample from softmax(logits / temperature).
 
     Gumbel-max in float64: exp(logits) / (-log u)^T with u ~ U(0, 1), monotone in
     logits / T + Gumbel noise. Low precision hurts sample quality (arXiv 2409.02908).
-    logits: (..., V) any float dtype. Returns float64 (or the logits unchanged when T == 0).
+    logits: (..., V) any float dtype. noise: optional float64 uniforms u of logits' shape (drawn with
+    ``torch.rand_like(logits, dtype=torch.float64)`` when None); it is overwritten.
+    Returns float64 (or the logits unchanged when T == 0).
     """
     if temperature == 0:
         return logits
-    logits = logits.to(torch.float64)
-    noise = torch.rand_like(logits, dtype=torch.float64)
-    gumbel_noise = (-torch.log(noise)) ** temperature
-    return logits.exp() / gumbel_noise
+    if noise is None:
+        noise = torch.rand_like(logits, dtype=torch.float64)
+    # In place on the two fp64 tensors: the same values as the out-of-place formula, a third of the memory.
+    gumbel_noise = noise.log_().neg_().pow_(temperature)
+    return logits.to(torch.float64, copy=True).exp_().div_(gumbel_noise)
+
+
+def rand_columns(shape: tuple[int, ...], start: int, end: int, dtype: Optional[torch.dtype] = None,
+                 device: Union[str, torch.device, None] = None) -> torch.Tensor:  # fmt: skip
+    """``torch.rand(shape, dtype=dtype, device=device)[:, start:end]`` without holding the whole tensor.
+
+    The same numbers, and the global generator ends in the same state. shape: (B, T, ...); returns
+    (B, end - start, ...). On CPU the generator hands out its stream in order whatever the split of a
+    draw (tests/test_generate.py checks it), so the columns outside start:end are drawn into a scratch
+    buffer of at most end - start columns and dropped. Other devices (CUDA's Philox offsets depend on
+    the launch shape) draw the whole tensor once and keep a copy of the slice.
+    """
+    dtype = dtype or torch.get_default_dtype()
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type != "cpu":
+        return torch.rand(shape, dtype=dtype, device=device)[:, start:end].clone()
+    B, T, rest = shape[0], shape[1], tuple(shape[2:])
+    out = torch.empty((B, end - start, *rest), dtype=dtype)
+    scratch = torch.empty((max(1, min(end - start, max(start, T - end))), *rest), dtype=dtype)
+
+    def skip(columns: int) -> None:
+        while columns > 0:
+            n = min(columns, scratch.shape[0])
+            scratch[:n].uniform_()
+            columns -= n
+
+    for row in range(B):
+        skip(start)
+        out[row].uniform_()
+        skip(T - end)
+    return out
 
 
 def get_num_transfer_tokens(block_mask_index: torch.Tensor, steps: int) -> torch.Tensor:
@@ -299,12 +333,13 @@ def generate(
     """Sample an answer of gen_length tokens for each prompt by reverse masked diffusion.
 
     Args:
-        model: a mask predictor returning ``.logits`` (B, T, V), e.g. GenjoModelLM.
+        model: a mask predictor returning ``.logits`` (B, T, V), e.g. GenjoModelLM; one whose
+            ``supports_logits_mask`` is true is asked only for the logits that are read.
         prompt: (B, L) int64, left-padded when B > 1.
         attention_mask: (B, L) of 1 (token) / 0 (padding), or None. Padding must not be the mask id.
         steps: forward passes in all (steps / number of blocks per block). Ignored by threshold/factor.
         gen_length: answer slots G. block_length: slots per block (G for one block).
-        temperature: 0 = greedy; > 0 samples by Gumbel-max in float64.
+        temperature: 0 = greedy; > 0 samples by Gumbel-max in float64 (the noise is kept for the block only).
         cfg_scale: unsupervised classifier-free guidance; the unconditional pass masks the prompt.
         remasking: 'low_confidence' commits the most probable proposals, 'random' random ones.
         mask_id, eos_id, eot_id: default to the model config's mask/eos/eot token ids.
@@ -355,9 +390,13 @@ def generate(
         return canvas
 
     def guided(logits: torch.Tensor) -> torch.Tensor:
-        """CFG-combined logits (B, ..., V): uncond + (cfg_scale + 1) (cond - uncond)."""
+        """CFG-combined logits (B, n, V) from (2B, n, V): uncond + (cfg_scale + 1) (cond - uncond), in fp32.
+
+        Only the read columns reach here, so fp32 costs little and a bf16 model's difference of two
+        close logits is not rounded twice. Without CFG the logits pass through in the model's dtype.
+        """
         if cfg_scale > 0:
-            cond, uncond = logits.chunk(2)
+            cond, uncond = logits.float().chunk(2)
             return uncond + (cfg_scale + 1) * (cond - uncond)
         return logits
 
@@ -372,8 +411,27 @@ def generate(
         stats.forward_time_s[kind] = stats.forward_time_s.get(kind, 0.0) + time.perf_counter() - t0
         return out
 
+    # A model with ``logits_mask`` runs its LM head (and last MLP) only at the columns that are read:
+    # the tokens depend on those logits alone, and the canvas-wide (B, T, V) tensor is never built.
+    head_at_read_columns = bool(getattr(model, "supports_logits_mask", False))
+
+    def read_logits(kind: str, inputs: torch.Tensor, first: int, last: int, **kwargs):
+        """Forward inputs (B or 2B, T_in); returns (guided logits (B, last - first, V) of the input
+        columns first:last on the canvas's device, the model output)."""
+        if head_at_read_columns and (first, last) != (0, inputs.shape[1]):
+            read = torch.zeros(inputs.shape, dtype=torch.bool, device=inputs.device)
+            read[:, first:last] = True
+            out = forward(kind, inputs, logits_mask=read, **kwargs)
+            logits = out.logits.view(inputs.shape[0], last - first, -1)  # row-major (N, V) -> (B, n, V)
+        else:
+            out = forward(kind, inputs, **kwargs)
+            logits = out.logits[:, first:last]
+        # Under a device_map the logits come from the last block's device; the canvas stays put.
+        return guided(logits.to(inputs.device)), out
+
     num_blocks = gen_length // block_length
     steps_per_block = steps // num_blocks
+    T = x.shape[1]
     row_done = torch.zeros(B, dtype=torch.bool, device=x.device)
     for block in range(num_blocks):
         start, end = L + block * block_length, L + (block + 1) * block_length
@@ -388,35 +446,32 @@ def generate(
         past = None
         step = 0
         while bool((x[:, start:end] == mask_id).any()) if parallel else step < steps_per_block:
-            # 1. Logits of the current block (and of the whole canvas when a full forward ran).
-            full_logits = None
+            # 1. Logits of the current block, and of the suffix after it when early stop reads them.
+            #    A full forward reads columns start:T at a block's first step under early_stop, else start:end.
+            full = cache is None or step == 0 or (refresh_every is not None and step % refresh_every == 0)
+            last = T if early_stop and step == 0 and full else end
             if cache is None:
-                full_logits = guided(forward("full", model_inputs(x)).logits)
-            elif step == 0 or (refresh_every is not None and step % refresh_every == 0):
-                out = forward("refresh", model_inputs(x), use_cache=True)
-                full_logits = guided(out.logits)
+                logits, out = read_logits("full", model_inputs(x), start, last)
+            elif full:
+                logits, out = read_logits("refresh", model_inputs(x), start, last, use_cache=True)
                 past = out.past_key_values
                 if cache == "prefix":
                     past = [(k[:, :, :start], v[:, :, :start]) for k, v in past]
             elif cache == "prefix":  # the block and the (masked) suffix attend to the cached prefix
-                out = forward("block", model_inputs(x)[:, start:], past_key_values=past)
-                block_logits = guided(out.logits[:, :block_length])
+                logits, out = read_logits("block", model_inputs(x)[:, start:], 0, block_length, past_key_values=past)
             else:  # dual: only the block runs; its fresh K/V overwrite the cache in place
-                out = forward("block", model_inputs(x)[:, start:end], past_key_values=past,
-                              replace_position=replace_position)  # fmt: skip
-                block_logits = guided(out.logits)
-            if full_logits is not None:
-                if logits_eos_inf:
-                    full_logits[..., eos_id] = -torch.inf
-                block_logits = full_logits[:, start:end]
-            elif logits_eos_inf:
-                block_logits[..., eos_id] = -torch.inf
+                logits, out = read_logits("block", model_inputs(x)[:, start:end], 0, block_length,
+                                          past_key_values=past, replace_position=replace_position)  # fmt: skip
+            del out  # the cache lives on in `past`; nothing else of the forward is kept
+            if logits_eos_inf:
+                logits[..., eos_id] = -torch.inf
+            block_logits = logits[:, :block_length]  # (B, block_length, V)
             _check_logits(block_logits, block, step)  # NaN/+inf logits would never be committed: stop, don't loop
 
             # 2. Early stop: a row whose every remaining mask proposes EOS is finished.
-            if early_stop and step == 0 and full_logits is not None:
+            if early_stop and step == 0 and full:
                 rest = x[:, start:] == mask_id
-                eos_everywhere = ((full_logits[:, start:].argmax(-1) == eos_id) | ~rest).all(-1)
+                eos_everywhere = ((logits.argmax(-1) == eos_id) | ~rest).all(-1)
                 stopped = eos_everywhere & rest.any(-1) & ~row_done
                 if bool(stopped.any()):
                     x[:, start:][stopped[:, None] & rest] = eos_id
@@ -426,22 +481,28 @@ def generate(
                     break
 
             # 3. Proposals x0 and their confidence.
-            if reference_path:  # noise over the whole canvas keeps the reference's random stream
-                noisy = add_gumbel_noise(full_logits, temperature)[:, start:end]
+            if reference_path and temperature > 0:
+                # The reference draws fp64 noise over the whole (B, T, V) canvas; the same numbers are
+                # drawn here, and only the block's are kept and transformed.
+                noise = rand_columns((B, T, block_logits.shape[-1]), start, end, torch.float64, x.device)
+                noisy = add_gumbel_noise(block_logits, temperature, noise)
+                del noise
             else:
                 noisy = add_gumbel_noise(block_logits, temperature)
             # A proposed mask id would leave its slot masked forever: never propose it.
             noisy = noisy.index_fill(-1, torch.tensor([mask_id], device=noisy.device), -torch.inf)
             x0 = noisy.argmax(dim=-1)  # (B, block_length)
+            del noisy
             if confidence_eos_eot_inf:
                 block_logits = block_logits.clone()
                 block_logits[..., [eos_id, eot_id]] = -torch.inf
             if remasking == "low_confidence":
                 confidence = token_confidence(block_logits, x0)
-            elif reference_path:
-                confidence = torch.rand(x.shape, device=x.device)[:, start:end]
+            elif reference_path:  # the reference draws one number per canvas slot
+                confidence = rand_columns(tuple(x.shape), start, end, device=x.device)
             else:
                 confidence = torch.rand(x0.shape, device=x.device)
+            del logits, block_logits  # not alive across the next forward
             eligible = x[:, start:end] == mask_id  # columns < L and >= end are never eligible
             confidence = torch.where(eligible, confidence, -torch.inf)
 

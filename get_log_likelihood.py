@@ -54,6 +54,33 @@ def forward_process(
     return noisy, p_mask
 
 
+def _model_logits(model, batch, prompt_index, cfg_scale, mask_id, logits_mask=None, attention_mask=None):
+    """The raw (cond, uncond) logits of get_logits, uncond None without CFG; both in the model's dtype."""
+    kwargs = {}
+    if cfg_scale > 0.0:
+        un_batch = torch.where(prompt_index, mask_id, batch)
+        if logits_mask is not None:
+            kwargs["logits_mask"] = torch.cat([logits_mask, logits_mask])
+        if attention_mask is not None:
+            kwargs["attention_mask"] = torch.cat([attention_mask, attention_mask])
+        cond, uncond = model(torch.cat([batch, un_batch]), **kwargs).logits.chunk(2)
+        return cond, uncond
+    if logits_mask is not None:
+        kwargs["logits_mask"] = logits_mask
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    return model(batch, **kwargs).logits, None
+
+
+def _guided(cond: torch.Tensor, uncond: Optional[torch.Tensor], cfg_scale: float) -> torch.Tensor:
+    """uncond + (cfg_scale + 1) (cond - uncond) in fp32 (cond itself without CFG)."""
+    if uncond is None:
+        return cond
+    uncond = uncond.float()
+    # in place on one fp32 copy: the same values as the formula, without its (N, V) temporaries
+    return cond.to(torch.float32, copy=True).sub_(uncond).mul_(cfg_scale + 1).add_(uncond)
+
+
 def get_logits(
     model,
     batch: torch.Tensor,
@@ -67,24 +94,33 @@ def get_logits(
 
     prompt_index: (L,) bool, or (b, L) bool when the rows have prompts of different lengths. The
     unconditional copy masks every prompt column and keeps the answer's noise; both run in one
-    forward: logits = un + (cfg_scale + 1) (cond - un). With logits_mask (b, L) bool, only those
-    positions are computed and returned as (N, V) (GenjoModelLM's ``logits_mask``). attention_mask
-    (b, L) of 1/0 hides padding keys.
+    forward: logits = un + (cfg_scale + 1) (cond - un), combined in fp32. With logits_mask (b, L)
+    bool, only those positions are computed and returned as (N, V) (GenjoModelLM's ``logits_mask``).
+    attention_mask (b, L) of 1/0 hides padding keys. Model dtype without CFG, fp32 with it.
     """
-    kwargs = {}
-    if cfg_scale > 0.0:
-        un_batch = torch.where(prompt_index, mask_id, batch)
-        if logits_mask is not None:
-            kwargs["logits_mask"] = torch.cat([logits_mask, logits_mask])
-        if attention_mask is not None:
-            kwargs["attention_mask"] = torch.cat([attention_mask, attention_mask])
-        cond, uncond = model(torch.cat([batch, un_batch]), **kwargs).logits.chunk(2)
-        return uncond + (cfg_scale + 1) * (cond - uncond)
-    if logits_mask is not None:
-        kwargs["logits_mask"] = logits_mask
-    if attention_mask is not None:
-        kwargs["attention_mask"] = attention_mask
-    return model(batch, **kwargs).logits
+    cond, uncond = _model_logits(model, batch, prompt_index, cfg_scale, mask_id, logits_mask, attention_mask)
+    return _guided(cond, uncond, cfg_scale)
+
+
+# fp32 elements upcast at a time by the likelihood's log-softmax (16 MiB per temporary)
+LOG_SOFTMAX_CHUNK_ELEMENTS = 1 << 22
+
+
+def _log_normalizers(
+    cond: torch.Tensor, uncond: Optional[torch.Tensor], cfg_scale: float, chunk: Optional[int] = None
+) -> torch.Tensor:
+    """logsumexp over V of the guided fp32 logits of every slot: (N,) fp32, from (N, V) cond/uncond.
+
+    Upcast and combined ``chunk`` slots at a time (default: LOG_SOFTMAX_CHUNK_ELEMENTS // V), so the
+    fp32 working set stays a few chunk x V tensors whatever the number of rows in the forward; the
+    model's own (N, V) output is the only full-size tensor.
+    """
+    chunk = chunk or max(1, LOG_SOFTMAX_CHUNK_ELEMENTS // cond.shape[-1])
+    out = torch.empty(cond.shape[0], dtype=torch.float32, device=cond.device)
+    for i in range(0, cond.shape[0], chunk):
+        part = _guided(cond[i : i + chunk], None if uncond is None else uncond[i : i + chunk], cfg_scale)
+        out[i : i + chunk] = torch.logsumexp(part.float(), dim=-1)
+    return out
 
 
 def _as_1d(ids, name: str) -> torch.Tensor:
@@ -243,12 +279,12 @@ def get_log_likelihoods(
         prompt_index = columns < torch.tensor([p for _, _, p in chunk], device=device)[:, None]
         real = columns < lengths[:, None]  # (b, L): False on right padding
         attention_mask = None if bool(real.all()) else real.long()
-        if head_at_masks:
-            logits = get_logits(model, noisy, prompt_index, cfg_scale, mask_id, masked, attention_mask)  # (N, V)
+        if head_at_masks:  # (N, V) each, N = masked slots of the chunk
+            cond, uncond = _model_logits(model, noisy, prompt_index, cfg_scale, mask_id, masked, attention_mask)
         else:
-            logits = get_logits(model, noisy, prompt_index, cfg_scale, mask_id, attention_mask=attention_mask)[masked]
-        logits = logits.float()
-        log_normalizer = torch.logsumexp(logits, dim=-1)  # (N,)
+            cond, uncond = _model_logits(model, noisy, prompt_index, cfg_scale, mask_id, attention_mask=attention_mask)
+            cond, uncond = cond[masked], None if uncond is None else uncond[masked]
+        log_normalizer = _log_normalizers(cond, uncond, cfg_scale)  # (N,)
         # CE of every use of every row: a row shared by several pairs is scored against each one's answer
         slots, targets, use_pairs, use_weights = [], [], [], []
         first_slot = 0
@@ -262,7 +298,9 @@ def get_log_likelihoods(
                 use_pairs += [i] * positions.numel()
                 use_weights += [weight] * positions.numel()
         slots, targets = torch.cat(slots), torch.cat(targets)
-        ce = log_normalizer[slots] - logits[slots, targets]  # (M,) -log p(target) at every used slot
+        chosen = _guided(cond[slots, targets], None if uncond is None else uncond[slots, targets], cfg_scale)
+        ce = log_normalizer[slots] - chosen.float()  # (M,) -log p(target) at every used slot
+        del cond, uncond
         weighted = ce * torch.tensor(use_weights, device=device)
         totals.index_add_(0, torch.tensor(use_pairs, device=device), weighted.double())
     return (-totals).tolist()

@@ -58,6 +58,8 @@ def help_problems(parser: argparse.ArgumentParser) -> list[str]:
         for action in p._actions:
             if isinstance(action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)):
                 continue
+            if action.help == argparse.SUPPRESS:  # internal (e.g. a benchmark's child-process setting): not listed
+                continue
             name = "/".join(action.option_strings) or action.dest
             text = action.help if action.help not in (None, argparse.SUPPRESS) else ""
             if not text.strip():

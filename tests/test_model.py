@@ -178,3 +178,15 @@ def test_bf16_forward_runs_and_keeps_norm_in_fp32():
     ids = torch.randint(3, 60, (1, 6))
     logits = m(ids).logits
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+
+
+def test_rms_norm_and_forward_run_on_the_meta_device():
+    """A shape-only dry run (benchmarks/bench_forward.py --dry-run) must not trip over autocast on meta."""
+    from conftest import tiny_config
+
+    with torch.device("meta"):
+        model = GenjoModelLM(tiny_config()).eval()
+        ids = torch.zeros(2, 7, dtype=torch.long)
+    out = model(ids, use_cache=True)
+    assert out.logits.shape == (2, 7, 64) and out.logits.device.type == "meta"
+    assert out.past_key_values[0][0].shape == (2, 2, 7, 8)
