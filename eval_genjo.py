@@ -159,6 +159,8 @@ class GenjoEvalHarness(LM):
         device: where the model runs in a single process ('cuda:0' falls back to CPU without CUDA).
             Under ``accelerate launch`` with several processes each process uses its own device.
         dtype: weights dtype ('bfloat16', 'float32', ...); default bf16 on CUDA, fp32 on CPU.
+        device_map: 'auto' (or 'balanced', 'sequential') splits or offloads the model with accelerate's
+            big-model loading (a single process only; replaces ``device``); default none.
         seed: base of the per-request random seeds (see ``_seed_of``).
     """
 
@@ -185,6 +187,7 @@ class GenjoEvalHarness(LM):
         logits_eos_inf: bool = False,
         confidence_eos_eot_inf: bool = False,
         early_stop: bool = False,
+        device_map: Optional[str] = None,
         **kwargs,
     ) -> None:
         super().__init__()
@@ -243,7 +246,15 @@ class GenjoEvalHarness(LM):
         torch_dtype = _as_optional(dtype, _torch_dtype, "dtype")
         # Not wrapped by accelerator.prepare(): inference needs no DDP, and DDP's per-forward buffer
         # broadcasts would deadlock ranks that run different numbers of forwards.
-        self.model, self.tokenizer = load_model(self.model_path, device=self._device, dtype=torch_dtype)
+        device_map = _as_optional(device_map, str, "device_map")
+        if device_map is not None and self.accelerator is not None:
+            raise ValueError("device_map splits one model over the GPUs of one process; under accelerate launch "
+                             "with several processes each process holds a whole model: drop device_map.")  # fmt: skip
+        if device_map is None:
+            self.model, self.tokenizer = load_model(self.model_path, device=self._device, dtype=torch_dtype)
+        else:
+            self.model, self.tokenizer = load_model(self.model_path, dtype=torch_dtype, device_map=device_map)
+            self._device = self.model.device  # the input ids go where the embedding is
         self.mask_id = (
             _config_id(self.model, "mask_token_id", MASK_ID) if mask_id is None else _as_int(mask_id, "mask_id")
         )

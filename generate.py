@@ -583,7 +583,7 @@ def main(argv=None) -> None:
     if args.input is not None and args.question:
         parser.error("--question is for the demo; put the questions in the --input file instead.")
     processes = process_info()
-    if processes.device is not None:  # under accelerate launch each process uses its own device
+    if processes.device is not None and args.device_map is None:  # under accelerate each process has its device
         args.device = str(processes.device)
     model, tokenizer = load_from_args(args)
     settings = sampler_settings(args, model)

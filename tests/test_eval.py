@@ -294,6 +294,15 @@ def test_generate_until_batches_keep_order_and_cut_at_stops(tiny_model_path):
     assert batched._finish(encode_plain(batched.tokenizer, "1 2 3 junk\nmore"), ["junk"]) == "1 2 3 "
 
 
+def test_device_map_loads_through_accelerate_and_answers_the_same(tiny_model_path, harness):
+    """device_map='auto' (accelerate's big-model loading; here everything lands on the CPU) gives the same
+    answers and likelihoods as the plain model."""
+    mapped = GenjoEvalHarness(model_path=tiny_model_path, device_map="auto", **FAST)
+    assert mapped.device == mapped.model.device
+    reqs = _chat_requests(harness, QUESTIONS[:2])
+    assert mapped.generate_until(reqs) == harness.generate_until(reqs)
+
+
 def test_random_sampling_is_seeded_per_request(tiny_model_path):
     """remasking='random' and temperature > 0: seeded from each request's context, so batch sizes 1 and 8
     give the same answers; repeated requests (lm-eval's repeats) get different samples."""
