@@ -43,7 +43,8 @@ class JsonlStream:
     """Records (dicts) of JSON-lines files in order, with an optional shuffle buffer; endless when `loop`.
 
     Each record must hold `key` (``"text"``: a string; ``"messages"``: a list of messages). `keep(line)`
-    filters raw lines (the train / held-out split). Yields (record, location), location = "path:line#epoch".
+    filters raw lines (the train / held-out split). Yields (record, location), location = "path:line";
+    ``last_epoch`` is the epoch (pass over the files) of the record yielded last.
     """
 
     def __init__(
@@ -58,7 +59,8 @@ class JsonlStream:
         self.files, self.key, self.keep, self.loop = files, key, keep, loop
         self.shuffle_buffer = shuffle_buffer
         self.epoch, self.file_index, self.offset, self.line_no = 0, 0, 0, 0
-        self.buffer: list[list] = []  # [record, location] waiting in the shuffle buffer
+        self.buffer: list[list] = []  # [record, location, epoch] waiting in the shuffle buffer
+        self.last_epoch = 0
         self.rng = random.Random(f"shuffle:{seed}")
         self._handle = None
         self._kept_this_epoch = 0
@@ -105,9 +107,9 @@ class JsonlStream:
             line = raw.strip()
             if not line or (self.keep is not None and not self.keep(line)):
                 continue
-            location = f"{path}:{self.line_no}#{self.epoch}"
+            location = f"{path}:{self.line_no}"
             self._kept_this_epoch += 1
-            return [self._parse(line, location), location]
+            return [self._parse(line, location), location, self.epoch]
 
     def _parse(self, line: bytes, location: str) -> dict:
         try:
@@ -134,7 +136,7 @@ class JsonlStream:
             raise StopIteration
         i = self.rng.randrange(len(self.buffer)) if self.shuffle_buffer > 1 else 0
         self.buffer[i], self.buffer[-1] = self.buffer[-1], self.buffer[i]
-        record, location = self.buffer.pop()
+        record, location, self.last_epoch = self.buffer.pop()
         return record, location
 
 
@@ -241,7 +243,8 @@ class ChatPairs:
                     raise ValueError(f"Conversations are longer than sft_max_len ({self.max_len} tokens); "
                                      "raise --sft-max-len.")  # fmt: skip
                 if self.turns == "sample" and fitting:
-                    fitting = [random.Random(f"{self.seed}:{location}").choice(fitting)]
+                    rng = random.Random(f"{self.seed}:{location}:{self.records.last_epoch}")
+                    fitting = [rng.choice(fitting)]
                 self.pending = fitting
                 continue
             out.append(self.pending.pop(0))

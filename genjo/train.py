@@ -271,6 +271,7 @@ class FileData:
         else:
             self.reader = data.ChatPairs(train_stream, tokenizer, args.sft_max_len, args.sft_turns, args.seed)
             self.eval_reader = eval_stream and data.ChatPairs(eval_stream, tokenizer, args.sft_max_len, "all")
+        self._eval_batches = None
 
     def batch(self, step: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         rng = _step_rng(self.args, step)
@@ -291,6 +292,11 @@ class FileData:
         """
         if self.eval_reader is None:
             return []
+        if self._eval_batches is None:
+            self._eval_batches = self._read_eval_batches()
+        return self._eval_batches
+
+    def _read_eval_batches(self) -> list:
         n, size, eos = self.args.eval_rows, self.args.batch_size, self.tokenizer.eos_token_id
         if self.args.stage == "pretrain":
             examples = [([], row) for row in self.eval_reader.rows(n)]

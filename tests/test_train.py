@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,12 @@ def curve(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "learning_curve.jsonl").read_text().splitlines()]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_stage(stage: str, run_dir: Path, extra: list[str], processes: int = 1) -> None:
     args = ["-m", "genjo.train", stage, "--run-dir", str(run_dir), *TINY, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -30,7 +37,7 @@ def run_stage(stage: str, run_dir: Path, extra: list[str], processes: int = 1) -
         env["ACCELERATE_USE_CPU"] = "true"
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                    str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", "29531", *args]  # fmt: skip
+                   "--main_process_port", str(free_port()), *args]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     if processes > 1:
