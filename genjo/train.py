@@ -736,7 +736,8 @@ HELP = {
 CHOICES = {"mixed_precision": ["auto", "bf16", "no"], "sft_turns": ["sample", "all"]}
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: a stage, then one flag per TrainArgs field (and the recipe's own)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=["pretrain", "sft", "recipe"],
                         help="pretrain, sft, or recipe (re-train the embedded tiny models)")  # fmt: skip
@@ -761,6 +762,11 @@ def main(argv=None) -> None:
                         help="recipe: overwrite the embedded models in genjo/checkpoints (default: no)")  # fmt: skip
     parser.add_argument("--scale", type=float, default=1.0,
                         help="recipe: multiply every step count (default: %(default)s)")  # fmt: skip
+    return parser
+
+
+def main(argv=None) -> None:
+    parser = build_parser()
     ns = parser.parse_args(argv)
     if ns.stage == "recipe":
         if ns.replace_shipped and ns.export_root:
