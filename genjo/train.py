@@ -506,6 +506,9 @@ def train(args: TrainArgs) -> str:
         torch.manual_seed(args.seed)
         tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else build_tokenizer(vocab_size=args.vocab_size)
         model = new_model(args, tokenizer)
+    if len(tokenizer) > model.config.embedding_size:
+        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model only {model.config.embedding_size} "
+                         "embeddings; pass the tokenizer the model was trained with (--tokenizer).")  # fmt: skip
     start_step = state["step"] if state else 0
     mask_id = model.config.mask_token_id
     if args.gradient_checkpointing:
@@ -540,6 +543,7 @@ def train(args: TrainArgs) -> str:
     progress = tqdm(range(start_step, last_step), initial=start_step, total=last_step,
                     disable=not accelerator.is_main_process, desc=args.stage)  # fmt: skip
     tokens_seen = state["tokens"] if state else 0
+    t_start, tokens_start = time.perf_counter(), tokens_seen
     t_record, tokens_record = time.perf_counter(), 0  # throughput since the last learning-curve record
     recent: list[tuple[float, int]] = []  # (time, tokens) of the last steps, for the bar's tokens/s
     window_losses: list[float] = []  # mean loss between two records of the learning curve
@@ -597,6 +601,15 @@ def train(args: TrainArgs) -> str:
             _save_training_state(accelerator, model, optimizer, tokenizer, last_dir, fsdp,
                                  {"step": done, "tokens": tokens_seen, "data": data.state_dict()})  # fmt: skip
 
+    if accelerator.is_main_process:
+        elapsed = time.perf_counter() - t_start
+        print(f"{tokens_seen - tokens_start} tokens in {elapsed:.0f} s: "
+              f"{(tokens_seen - tokens_start) / max(elapsed, 1e-9):.0f} tokens/s over {world} process(es)")  # fmt: skip
+    if use_cuda:
+        peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], device=accelerator.device)
+        peaks = ", ".join(f"{x:.2f}" for x in accelerator.gather(peak).tolist())
+        if accelerator.is_main_process:
+            print(f"peak memory per process (GiB): {peaks}")
     final = args.export or str(run_dir / "final")
     sampler = None
     if args.stage == "sft" and not args.data:
