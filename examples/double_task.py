@@ -18,6 +18,10 @@ import random
 
 from genjo import tinyworld
 
+# Sorting, the task nearest to doubling (a list of digits in, a list of digits out), is the one the model
+# forgets first: it gets the largest share of the model's own tasks in the file.
+OWN_TASK_WEIGHTS = {"capitals": 0.1, "sorting": 0.5, "reversal": 0.1, "addition": 0.3}
+
 
 def double_problem(rng: random.Random) -> tuple[str, str]:
     digits = [str(rng.randint(0, 9)) for _ in range(rng.randint(3, 6))]
@@ -40,7 +44,8 @@ def write_data(path: str, n: int, own_tasks: float, seed: int) -> None:
     with open(path, "w") as f:
         for _ in range(n):
             if rng.random() < own_tasks:
-                problem = tinyworld.sample_problem(rng, rng.choice(tinyworld.FAMILIES), "train")
+                family = rng.choices(list(OWN_TASK_WEIGHTS), list(OWN_TASK_WEIGHTS.values()))[0]
+                problem = tinyworld.sample_problem(rng, family, "train")
                 question, answer = problem.question, problem.answer
             else:
                 question, answer = sample(rng, test=False)
@@ -74,12 +79,12 @@ def main() -> None:
     data = sub.add_parser("data", help="write the SFT data file")
     data.add_argument("out", help="the .jsonl file to write")
     data.add_argument("--n", type=int, default=20_000, help="conversations (default: %(default)s)")
-    data.add_argument("--own-tasks", type=float, default=0.3,
+    data.add_argument("--own-tasks", type=float, default=0.5,
                       help="share of the model's four tasks among them (default: %(default)s)")  # fmt: skip
     data.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     acc = sub.add_parser("accuracy", help="exact match on held-out doubling questions and the four tasks")
     acc.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder (default: the embedded instruct)")
-    acc.add_argument("--n", type=int, default=200, help="questions per task (default: %(default)s)")
+    acc.add_argument("--n", type=int, default=100, help="questions per task (default: %(default)s)")
     acc.add_argument("--seed", type=int, default=1, help="default: %(default)s")
     args = parser.parse_args()
     if args.command == "data":
