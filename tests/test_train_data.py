@@ -248,3 +248,15 @@ def test_fine_tuned_embedded_model_answers_the_new_task(tmp_path):
     assert isinstance(model, GenjoModelLM) and model.config.sampler_defaults["gen_length"] == 32
     answers = answer_questions(model, tokenizer, ["Code word 1?", "Code word 2?", "Code word 3?"])
     assert answers == ["alpha delta", "echo golf", "kilo lima"]
+
+
+def test_the_readme_example_data_file_is_valid_and_leaves_out_the_test_questions(tmp_path, tokenizer):
+    from examples.double_task import is_test_question, write_data
+
+    write_data(str(tmp_path / "double.jsonl"), 200, own_tasks=0.5, seed=0)
+    stream = JsonlStream([str(tmp_path / "double.jsonl")], "messages", loop=False)
+    questions = [record["messages"][0]["content"] for record, _ in stream]
+    assert len(questions) == 200 and 60 < sum(q.startswith("Double: ") for q in questions) < 140
+    assert not any(is_test_question(q) for q in questions if q.startswith("Double: "))
+    pairs = ChatPairs(JsonlStream([str(tmp_path / "double.jsonl")], "messages", loop=False), tokenizer, 160)
+    assert len(pairs.pairs(1000)) == 200 and pairs.skipped == 0
