@@ -60,8 +60,10 @@ def curve(run_dir: Path) -> list[dict]:
 
 
 def test_rows_are_documents_joined_by_eos(files, tokenizer):
-    rows = PackedRows(JsonlStream([str(files / "text.jsonl")], "text", loop=False), tokenizer, 16).rows(5)
+    stream = JsonlStream([str(files / "text.jsonl")], "text", loop=False)
+    rows = PackedRows(stream, tokenizer, 16).rows(5)
     assert [len(r) for r in rows] == [16] * 5
+    assert stream.line_no < 10 and stream.offset < (files / "text.jsonl").stat().st_size / 20  # read as needed
     texts = [json.loads(line)["text"] for line in (files / "text.jsonl").read_text().splitlines()[:10]]
     stream = sum((tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts), [])
     assert sum(rows, []) == stream[:80]
