@@ -10,7 +10,9 @@ import torch
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_MODEL = str(CHECKPOINTS / "genjo-tiny-instruct")  # the embedded chat model
 DEFAULT_BASE_MODEL = str(CHECKPOINTS / "genjo-tiny-base")
-RETRAIN_HINT = "`python -m genjo.train recipe` re-trains the embedded checkpoints (GUIDELINES.md)"
+RETRAIN_HINT = (
+    "`python -m genjo.train recipe --replace-shipped` re-trains the embedded checkpoints in place (GUIDELINES.md)"
+)
 
 
 def default_device() -> torch.device:

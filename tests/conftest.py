@@ -99,7 +99,8 @@ def require_checkpoint(path: str) -> str:
     """The checkpoint folder; the test is skipped when it is missing (a failure under CI)."""
     if not os.path.isdir(path):
         message = (
-            f"checkpoint {path} is missing (train it with `python -m genjo.train recipe`, or set GENJO_TEST_MODEL)"
+            f"checkpoint {path} is missing (re-train it with `python -m genjo.train recipe --replace-shipped`, "
+            "or set GENJO_TEST_MODEL)"
         )
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)

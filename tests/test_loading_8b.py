@@ -105,7 +105,7 @@ def test_missing_embedded_checkpoint_names_the_real_command(monkeypatch, tmp_pat
 
     missing = str(tmp_path / "genjo-tiny-instruct")
     monkeypatch.setattr(loading, "DEFAULT_MODEL", missing)
-    with pytest.raises(FileNotFoundError, match=r"python -m genjo\.train recipe`"):
+    with pytest.raises(FileNotFoundError, match=r"python -m genjo\.train recipe --replace-shipped`"):
         loading.load_model(missing, device="cpu")
 
 
