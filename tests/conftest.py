@@ -48,6 +48,15 @@ def tiny_model(seed: int = 0, **overrides) -> GenjoModelLM:
     return GenjoModelLM(tiny_config(**overrides)).eval()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module: tiny models run far faster so, above all on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def model() -> GenjoModelLM:
     """A 2-layer random model (fp32, CPU) with large weights, so greedy answers vary by position and prompt."""

@@ -33,13 +33,8 @@ QUESTIONS = {  # chat question -> the embedded model's answer
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run far faster on one thread, and the accelerate workers use one: the same kernels."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models run far faster on one thread, and accelerate's workers use one: the same kernels.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
