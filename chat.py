@@ -1,50 +1,69 @@
 """Multi-turn chat with a Genjo instruct model in the terminal.
 
-    python chat.py                      # the embedded tiny instruct model
+    python chat.py                      # the embedded tiny instruct model, with its own sampler settings
     python chat.py --model PATH --gen-length 64 --steps 64
 
 Each turn renders the new user message with the chat template, appends it to the conversation so far
 (keeping a single BOS), and samples the reply with ``generate()``. The conversation the model sees is
 the whole previous canvas with the EOS padding removed from the generated part only, so every reply
-ends with ``<|eot_id|>`` and the next turn reads ``...<|eot_id|><|start_header_id|>user...``.
+ends with ``<|eot_id|>`` and the next turn reads ``...<|eot_id|><|start_header_id|>user...``. What the
+user types is tokenized as plain text: typing ``<|eot_id|>`` or ``<|mdm_mask|>`` gives those characters,
+never the special tokens.
 
-Commands: ``/quit`` (or EOF / Ctrl-C) ends the chat, ``/reset`` forgets the conversation, ``/history``
-prints the conversation exactly as the model reads it (special tokens included).
+Sampler flags left unset take the checkpoint's own settings (config.json ``sampler_defaults``), else
+128 answer tokens, 128 steps, blocks of 32, greedy, low_confidence. Bad flags, an unknown ``--device``
+or a ``--model`` that does not load are reported in one line before the first question.
+
+Commands: ``/quit`` (or EOF) ends the chat with exit status 0, ``/reset`` forgets the conversation,
+``/history`` prints the conversation exactly as the model reads it (special tokens included).
+Ctrl-C while an answer is being generated cancels that answer and returns to the prompt with the
+conversation unchanged; Ctrl-C at the prompt ends the chat with exit status 130 (128 + SIGINT).
 """
 
 import argparse
+import math
+import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
-from generate import REMASKING, generate
-from genjo.loading import add_model_arguments, load_from_args
+from generate import REMASKING, _validate, generate
+from genjo.loading import add_model_arguments, load_from_args, sampler_defaults
+from genjo.tokenizer import encode_chat
 
 BANNER_WIDTH = 66
 RULE_WIDTH = 71
 PROMPT = "Enter your question: "
 GOODBYE = "Goodbye!"
-HELP = "Commands: /quit to exit, /reset to start a new conversation, /history to show what the model reads."
+HELP = (
+    "Commands: /quit to exit, /reset to start a new conversation, /history to show what the model reads. "
+    "Ctrl-C cancels an answer."
+)
+THINKING = "(answering; Ctrl-C cancels)"
+CANCELLED = "(answer cancelled; the conversation is unchanged)"
+EXIT_INTERRUPTED = 130  # what a shell reports for a program ended by Ctrl-C (128 + SIGINT)
+# Sampler settings of a checkpoint whose config names none.
+FALLBACK_SETTINGS = {"gen_length": 128, "steps": 128, "block_length": 32, "temperature": 0.0,
+                     "remasking": "low_confidence"}  # fmt: skip
 
 
 def user_turn_ids(tokenizer, question: str) -> list[int]:
     """Token ids of one user message plus the assistant header, as the chat template renders it.
 
     Starts with the BOS: ``<|startoftext|><|start_header_id|>user<|end_header_id|>\\n\\n{question}<|eot_id|>
-    <|start_header_id|>assistant<|end_header_id|>\\n\\n``.
+    <|start_header_id|>assistant<|end_header_id|>\\n\\n``. The question is tokenized as plain text, so
+    a special token spelled in it stays text.
     """
-    messages = [{"role": "user", "content": question}]
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return encode_chat(tokenizer, [{"role": "user", "content": question}], add_generation_prompt=True)
 
 
 @dataclass
 class ChatSession:
     """A conversation: the BOS and one token segment per finished turn (user message + reply).
 
-    The prompt of a new turn is ``[BOS] + turn_1 + ... + turn_n + new_user_turn``, which is the SPEC §5
-    history (previous canvas minus the generated EOS padding) plus the new turn's ids minus their BOS.
+    The prompt of a new turn is ``[BOS] + turn_1 + ... + turn_n + new_user_turn``: the previous canvas
+    (prompt and answer) with the answer's EOS padding removed, plus the new turn's ids minus their BOS.
     Keeping the turns apart lets the oldest ones be dropped when the conversation outgrows the model.
     """
 
@@ -66,6 +85,12 @@ class ChatSession:
     def reset(self) -> None:
         """Forget the conversation."""
         self.turns.clear()
+
+    def check_settings(self) -> None:
+        """ValueError (naming the setting) unless generate() accepts these settings for a one-question chat."""
+        probe = torch.tensor([user_turn_ids(self.tokenizer, "")], dtype=torch.long)  # (1, L)
+        _validate(self.model, probe, None, self.steps, self.gen_length, self.block_length, self.temperature,
+                  self.cfg_scale, self.remasking, None, None, None, None)  # fmt: skip
 
     def history_ids(self, turns: Optional[list[list[int]]] = None) -> list[int]:
         """The conversation as the model reads it: BOS + every finished turn ([] when there is none)."""
@@ -91,8 +116,9 @@ class ChatSession:
     def ask(self, question: str) -> tuple[str, int]:
         """Answer a question in the context of the conversation; returns (reply, oldest turns dropped).
 
-        The finished turn (user message + reply with the EOS padding removed) joins the history. On an
-        error (e.g. ValueError from generate) the history is left exactly as it was.
+        The finished turn (user message + reply with the EOS padding removed) joins the history in one
+        assignment at the very end, so an error (e.g. ValueError from generate) or a Ctrl-C during the
+        generation leaves the history exactly as it was.
         """
         prompt, kept = self.build_prompt(question)
         device = getattr(self.model, "device", None)
@@ -111,65 +137,175 @@ class ChatSession:
 
 
 def banner(gen_length: int, steps: int) -> str:
-    """The three-line banner of SPEC §5."""
+    """The three-line banner: a rule of 66 stars, the answer length and steps, the rule again."""
     middle = f"**  Answer Length: {gen_length}  |  Sampling Steps: {steps}  **"
     return "\n".join(["*" * BANNER_WIDTH, middle, "*" * BANNER_WIDTH])
 
 
-def chat_loop(session: ChatSession, input_fn=input, print_fn=print) -> None:
-    """Read questions until /quit, EOF or Ctrl-C; print each reply followed by a rule."""
+def chat_loop(session: ChatSession, input_fn=input, print_fn=print) -> int:
+    """Read questions until /quit, EOF or Ctrl-C at the prompt; print each reply followed by a rule.
+
+    Ctrl-C during an answer cancels it (the history is unchanged) and asks for the next question.
+    Returns the exit status: 0 after /quit or EOF, EXIT_INTERRUPTED (130) after Ctrl-C at the prompt.
+    """
     print_fn(banner(session.gen_length, session.steps))
     print_fn(HELP)
-    try:
-        while True:
+    while True:
+        try:
             question = input_fn(PROMPT).strip()
-            if not question:
-                continue
-            if question == "/quit":
-                break
-            if question == "/reset":
-                session.reset()
-                print_fn("(conversation reset)")
-                continue
-            if question == "/history":
-                ids = session.history_ids()
-                text = session.tokenizer.decode(ids, skip_special_tokens=False) if ids else "(empty)"
-                print_fn(f"History ({len(ids)} tokens):\n{text}")
-                print_fn("-" * RULE_WIDTH)
-                continue
-            try:
-                reply, dropped = session.ask(question)
-            except ValueError as error:
-                print_fn(f"Error: {error}")
-                continue
-            if dropped:
-                print_fn(f"(conversation too long for the model: dropped the {dropped} oldest turn(s))")
-            print_fn(f"Bot's reply: {reply}")
+        except (EOFError, KeyboardInterrupt) as end:
+            print_fn("")
+            print_fn(GOODBYE)
+            return EXIT_INTERRUPTED if isinstance(end, KeyboardInterrupt) else 0
+        if not question:
+            continue
+        if question == "/quit":
+            print_fn(GOODBYE)
+            return 0
+        if question == "/reset":
+            session.reset()
+            print_fn("(conversation reset)")
+            continue
+        if question == "/history":
+            ids = session.history_ids()
+            text = session.tokenizer.decode(ids, skip_special_tokens=False) if ids else "(empty)"
+            print_fn(f"History ({len(ids)} tokens):\n{text}")
             print_fn("-" * RULE_WIDTH)
-    except (EOFError, KeyboardInterrupt):
-        print_fn("")
-    print_fn(GOODBYE)
+            continue
+        try:
+            print_fn(THINKING)  # inside the try: a Ctrl-C once this line is out cancels the answer
+            reply, dropped = session.ask(question)
+        except KeyboardInterrupt:
+            print_fn(CANCELLED)
+            continue
+        except ValueError as error:
+            print_fn(f"Error: {error}")
+            continue
+        if dropped:
+            print_fn(f"(conversation too long for the model: dropped the {dropped} oldest turn(s))")
+        print_fn(f"Bot's reply: {reply}")
+        print_fn("-" * RULE_WIDTH)
 
 
-def main(argv=None) -> None:
-    parser = add_model_arguments(argparse.ArgumentParser(description="Chat with a Genjo instruct model."))
-    parser.add_argument("--gen-length", type=int, default=128, help="answer tokens per turn (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=128, help="sampling steps per turn (default: %(default)s)")
-    parser.add_argument("--block-length", type=int, default=32, help="semi-autoregressive block (default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
-    parser.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale (default: %(default)s)")
-    parser.add_argument("--remasking", choices=REMASKING, default="low_confidence")
-    parser.add_argument("--seed", type=int, default=None, help="seed torch's RNG (for temperature > 0 or random)")
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
+    return value
+
+
+def check_device(name: Optional[str]) -> None:
+    """ValueError unless ``name`` (a --device value; None = automatic) names a device this machine has."""
+    if name is None:
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device name; use cpu, cuda, cuda:1, mps, ...") from None
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as error:
+        reason = _one_line(error).split(". ")[0].rstrip(".")
+        raise ValueError(f"--device {name!r} is not available here ({reason}); use --device cpu.") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = add_model_arguments(
+        argparse.ArgumentParser(prog="chat.py", description="Chat with a Genjo instruct model.")
+    )
+    unset = "the checkpoint's sampler_defaults, else"
+    parser.add_argument(
+        "--gen-length", type=_positive_int, default=None, help=f"answer tokens per turn (default: {unset} 128)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help=f"sampling steps (forward passes) per answer (default: {unset} 128)",
+    )
+    parser.add_argument(
+        "--block-length",
+        type=_positive_int,
+        default=None,
+        help=f"tokens per semi-autoregressive block; divides --gen-length (default: {unset} 32)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=_non_negative_float,
+        default=None,
+        help=f"sampling temperature, 0 = greedy (default: {unset} 0.0)",
+    )
+    parser.add_argument(
+        "--cfg",
+        type=_non_negative_float,
+        default=0.0,
+        help="classifier-free guidance scale, 0 = none (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--remasking",
+        choices=REMASKING,
+        default=None,
+        help=f"which proposals each step commits: the most confident or random ones (default: {unset} low_confidence)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of torch's RNG, for temperature > 0 or random remasking (default: none, unseeded)",
+    )
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def main(argv=None) -> int:
+    """Parse the flags, load the model, check the settings, then chat. Returns the exit status."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-
+    try:
+        check_device(args.device)
+    except ValueError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    model, tokenizer = load_from_args(args)
-    session = ChatSession(model, tokenizer, gen_length=args.gen_length, steps=args.steps,
-                          block_length=args.block_length, temperature=args.temperature, cfg_scale=args.cfg,
-                          remasking=args.remasking)  # fmt: skip
-    chat_loop(session)
+    try:
+        model, tokenizer = load_from_args(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as error:  # any load failure (missing folder, bad hub id, broken files) is one line
+        parser.exit(1, f"{parser.prog}: error: cannot load --model {args.model}: {_one_line(error)}\n")
+    given = {"gen_length": args.gen_length, "steps": args.steps, "block_length": args.block_length,
+             "temperature": args.temperature, "remasking": args.remasking}  # fmt: skip
+    settings = {**FALLBACK_SETTINGS, **sampler_defaults(model)}
+    settings.update({name: value for name, value in given.items() if value is not None})
+    session = ChatSession(model, tokenizer, cfg_scale=args.cfg, **{name: settings[name] for name in given})
+    try:
+        session.check_settings()
+    except ValueError as error:
+        shown = ", ".join(f"{name}={getattr(session, name)}" for name in (*given, "cfg_scale"))
+        parser.error(f"bad sampler settings ({shown}): {error}")
+    try:
+        return chat_loop(session)
+    except KeyboardInterrupt:  # Ctrl-C between a question's steps (e.g. while printing)
+        print("\n" + GOODBYE)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

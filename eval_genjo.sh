@@ -5,6 +5,11 @@
 #   ./eval_genjo.sh --tiny                the offline tasks of eval_tasks/ with the embedded models, on the CPU
 #   ./eval_genjo.sh --dry-run ...         print the commands instead of running them
 #
+# Every line runs whatever happened to the ones before (a failing or gated task does not stop the
+# rest); a summary of what passed and failed ends the run, and the exit status is 1 if any line failed.
+# Only the HumanEval and MBPP lines may execute generated code (HF_ALLOW_CODE_EVAL=1 and
+# --confirm_run_unsafe_code on those lines alone).
+#
 # Environment:
 #   GENJO_BASE_MODEL / GENJO_INSTRUCT_MODEL   checkpoint folders or hub ids of the 8B models
 #   LAUNCH             the launcher of the 8B lines (default: "accelerate launch"; one process per GPU)
@@ -12,21 +17,26 @@
 #   GENJO_TINY_PROCS   --tiny only: 1 (default) runs one process; 2 runs two CPU processes with
 #                      accelerate (gloo), which needs the explicit multi-process CPU command below.
 # The math tasks need: pip install antlr4-python3-runtime==4.11 math_verify sympy
-set -euo pipefail
+set -uo pipefail # no -e: a failing line is recorded and the next one runs
 cd "$(dirname "$0")"
-
-export HF_ALLOW_CODE_EVAL=1
-export HF_DATASETS_TRUST_REMOTE_CODE=true
 
 BASE=${GENJO_BASE_MODEL:-Genjo-8B-Base}
 INSTRUCT=${GENJO_INSTRUCT_MODEL:-Genjo-8B-Instruct}
 LAUNCH=${LAUNCH:-accelerate launch}
 OUTPUT_PATH=${OUTPUT_PATH:-eval_results}
 DRY_RUN=0
+PASSED=()
+FAILED=()
 
+# Run one command (or print it with --dry-run) and record its outcome under a name.
 run() {
+    local name=$1
+    shift
     echo "+ $*"
-    if [ "$DRY_RUN" = 0 ]; then "$@"; fi
+    [ "$DRY_RUN" = 1 ] && return 0
+    "$@"
+    local status=$?
+    if [ "$status" = 0 ]; then PASSED+=("$name"); else FAILED+=("$name (exit $status)"); fi
 }
 
 # One 8B line: task, shots ("" = the task's default), batch ("" = lm-eval's default), model args, extra flags.
@@ -37,7 +47,18 @@ line() {
     [ -n "$shots" ] && flags+=(--num_fewshot "$shots")
     [ -n "$batch" ] && flags+=(--batch_size "$batch")
     # shellcheck disable=SC2086  # LAUNCH may hold several words
-    run $LAUNCH eval_genjo.py "${flags[@]}" "$@"
+    run "$task" $LAUNCH eval_genjo.py "${flags[@]}" "$@"
+}
+
+# A line whose task executes the generated code (HumanEval, MBPP): the only ones allowed to.
+code_line() {
+    local task=$1 shots=$2 batch=$3 args=$4
+    shift 4
+    local -a flags=(--tasks "$task" --model genjo_dist --model_args "$args" --output_path "$OUTPUT_PATH")
+    [ -n "$shots" ] && flags+=(--num_fewshot "$shots")
+    [ -n "$batch" ] && flags+=(--batch_size "$batch")
+    # shellcheck disable=SC2086
+    run "$task" env HF_ALLOW_CODE_EVAL=1 $LAUNCH eval_genjo.py "${flags[@]}" --confirm_run_unsafe_code "$@"
 }
 
 base() {
@@ -58,29 +79,32 @@ base() {
     line bbh "" "" "$g"
     line gsm8k "" "" "$g"
     line minerva_math "" "" "$g"
-    line humaneval "" "" "$g" --confirm_run_unsafe_code
-    line mbpp "" "" "$g" --confirm_run_unsafe_code
+    code_line humaneval "" "" "$g"
+    code_line mbpp "" "" "$g"
 }
 
 instruct() {
-    # The context becomes one user turn of the chat template (chat_template=True); block = gen_length = steps.
-    local m="model_path=$INSTRUCT,chat_template=True,cfg=0.0"
+    # lm-eval's own chat path: the messages go through the chat template, few-shot examples as turns,
+    # a task's gen_prefix opens the assistant's answer. block_length = gen_length = steps.
+    local m="model_path=$INSTRUCT,cfg=0.0"
+    local -a chat=(--apply_chat_template --fewshot_as_multiturn)
     gen() { echo "$m,gen_length=$1,steps=$1,block_length=$1"; }
     local ceei=confidence_eos_eot_inf=True
-    line mmlu_generative "" "" "$(gen 3)"
-    line mmlu_pro "" "" "$(gen 256)"
+    line mmlu_generative "" "" "$(gen 3)" "${chat[@]}"
+    line mmlu_pro "" "" "$(gen 256)" "${chat[@]}"
     # lm-eval ships no generative HellaSwag: scored by likelihood of the answer turn (not the published setting).
-    line hellaswag 0 8 "$m,mc_num=128,is_check_greedy=False"
-    line arc_challenge_chat "" "" "$(gen 512)"
-    line gsm8k "" "" "$(gen 512),$ceei"
-    line minerva_math "" "" "$(gen 512),$ceei"
-    line gpqa_main_generative_n_shot "" "" "$(gen 64),$ceei"
-    line humaneval_instruct "" "" "$(gen 512),logits_eos_inf=True" --confirm_run_unsafe_code
-    line mbpp_instruct "" "" "$(gen 256),$ceei" --confirm_run_unsafe_code
+    line hellaswag 0 8 "$m,mc_num=128,is_check_greedy=False" "${chat[@]}"
+    line arc_challenge_chat "" "" "$(gen 512)" "${chat[@]}"
+    line gsm8k "" "" "$(gen 512),$ceei" "${chat[@]}"
+    line minerva_math "" "" "$(gen 512),$ceei" "${chat[@]}"
+    line gpqa_main_generative_n_shot "" "" "$(gen 64),$ceei" "${chat[@]}"
+    code_line humaneval_instruct "" "" "$(gen 512),logits_eos_inf=True" "${chat[@]}"
+    code_line mbpp_instruct "" "" "$(gen 256),$ceei" "${chat[@]}"
 }
 
 tiny() {
-    # Offline: the task data are local files (eval_tasks/data), the models are embedded.
+    # Offline: the task data are local files (eval_tasks/data), the models are embedded. Nothing here
+    # executes generated code.
     export HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
     local -a launcher=(python)
     if [ "${GENJO_TINY_PROCS:-1}" -gt 1 ]; then
@@ -90,12 +114,14 @@ tiny() {
             --mixed_precision no --dynamo_backend no --main_process_port "${PORT:-29517}")
     fi
     local -a common=(--model genjo_dist --device cpu --include_path eval_tasks --output_path "$OUTPUT_PATH")
-    # Base model (the default model_path without chat_template): 4-way choice by likelihood.
-    run "${launcher[@]}" eval_genjo.py "${common[@]}" --tasks genjo_tiny_choice --batch_size 32 \
-        --model_args mc_num=128,is_check_greedy=False
-    # Instruct model (the default model_path with chat_template=True): choice and generation.
-    run "${launcher[@]}" eval_genjo.py "${common[@]}" --tasks genjo_tiny_choice_chat,genjo_tiny_gen --batch_size 32 \
-        --model_args chat_template=True,mc_num=128,is_check_greedy=False,gen_length=32,steps=32,block_length=32
+    # Base model (the default model_path): 4-way choice by likelihood.
+    run "genjo_tiny_choice (base)" "${launcher[@]}" eval_genjo.py "${common[@]}" --tasks genjo_tiny_choice \
+        --batch_size 32 --model_args mc_num=128,is_check_greedy=False
+    # Instruct model through lm-eval's chat path: choice, generation, a gen_prefix, multi-turn few-shot.
+    run "genjo_tiny_*_chat (instruct)" "${launcher[@]}" eval_genjo.py "${common[@]}" \
+        --tasks genjo_tiny_choice_chat,genjo_tiny_gen,genjo_tiny_prefix,genjo_tiny_fewshot --batch_size 32 \
+        --apply_chat_template --fewshot_as_multiturn --model_args \
+        model_path=genjo/checkpoints/genjo-tiny-instruct,mc_num=128,is_check_greedy=False,gen_length=32,steps=32,block_length=32
 }
 
 mode=base
@@ -104,7 +130,7 @@ for arg in "$@"; do
         --dry-run) DRY_RUN=1 ;;
         --tiny) mode=tiny ;;
         base | instruct | all) mode=$arg ;;
-        -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (use base, instruct, all, --tiny, --dry-run)" >&2; exit 2 ;;
     esac
 done
@@ -115,3 +141,10 @@ case $mode in
     all) base; instruct ;;
     tiny) tiny ;;
 esac
+
+[ "$DRY_RUN" = 1 ] && exit 0
+echo
+echo "Summary: ${#PASSED[@]} passed, ${#FAILED[@]} failed (results under $OUTPUT_PATH)"
+for name in "${PASSED[@]}"; do echo "  passed  $name"; done
+for name in "${FAILED[@]}"; do echo "  FAILED  $name"; done
+[ "${#FAILED[@]}" = 0 ]

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from generate import MASK_ID, _config_id
+from generate import MASK_ID, _check_int, _check_number, _check_token_ids, _config_id
 
 
 def forward_process(
@@ -54,6 +54,33 @@ def forward_process(
     return noisy, p_mask
 
 
+def _model_logits(model, batch, prompt_index, cfg_scale, mask_id, logits_mask=None, attention_mask=None):
+    """The raw (cond, uncond) logits of get_logits, uncond None without CFG; both in the model's dtype."""
+    kwargs = {}
+    if cfg_scale > 0.0:
+        un_batch = torch.where(prompt_index, mask_id, batch)
+        if logits_mask is not None:
+            kwargs["logits_mask"] = torch.cat([logits_mask, logits_mask])
+        if attention_mask is not None:
+            kwargs["attention_mask"] = torch.cat([attention_mask, attention_mask])
+        cond, uncond = model(torch.cat([batch, un_batch]), **kwargs).logits.chunk(2)
+        return cond, uncond
+    if logits_mask is not None:
+        kwargs["logits_mask"] = logits_mask
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    return model(batch, **kwargs).logits, None
+
+
+def _guided(cond: torch.Tensor, uncond: Optional[torch.Tensor], cfg_scale: float) -> torch.Tensor:
+    """uncond + (cfg_scale + 1) (cond - uncond) in fp32 (cond itself without CFG)."""
+    if uncond is None:
+        return cond
+    uncond = uncond.float()
+    # in place on one fp32 copy: the same values as the formula, without its (N, V) temporaries
+    return cond.to(torch.float32, copy=True).sub_(uncond).mul_(cfg_scale + 1).add_(uncond)
+
+
 def get_logits(
     model,
     batch: torch.Tensor,
@@ -67,33 +94,56 @@ def get_logits(
 
     prompt_index: (L,) bool, or (b, L) bool when the rows have prompts of different lengths. The
     unconditional copy masks every prompt column and keeps the answer's noise; both run in one
-    forward: logits = un + (cfg_scale + 1) (cond - un). With logits_mask (b, L) bool, only those
-    positions are computed and returned as (N, V) (GenjoModelLM's ``logits_mask``). attention_mask
-    (b, L) of 1/0 hides padding keys.
+    forward: logits = un + (cfg_scale + 1) (cond - un), combined in fp32. With logits_mask (b, L)
+    bool, only those positions are computed and returned as (N, V) (GenjoModelLM's ``logits_mask``).
+    attention_mask (b, L) of 1/0 hides padding keys. Model dtype without CFG, fp32 with it.
     """
-    kwargs = {}
-    if cfg_scale > 0.0:
-        un_batch = torch.where(prompt_index, mask_id, batch)
-        if logits_mask is not None:
-            kwargs["logits_mask"] = torch.cat([logits_mask, logits_mask])
-        if attention_mask is not None:
-            kwargs["attention_mask"] = torch.cat([attention_mask, attention_mask])
-        cond, uncond = model(torch.cat([batch, un_batch]), **kwargs).logits.chunk(2)
-        return uncond + (cfg_scale + 1) * (cond - uncond)
-    if logits_mask is not None:
-        kwargs["logits_mask"] = logits_mask
-    if attention_mask is not None:
-        kwargs["attention_mask"] = attention_mask
-    return model(batch, **kwargs).logits
+    cond, uncond = _model_logits(model, batch, prompt_index, cfg_scale, mask_id, logits_mask, attention_mask)
+    return _guided(cond, uncond, cfg_scale)
+
+
+# fp32 elements upcast at a time by the likelihood's log-softmax (16 MiB per temporary)
+LOG_SOFTMAX_CHUNK_ELEMENTS = 1 << 22
+
+
+def _log_normalizers(
+    cond: torch.Tensor, uncond: Optional[torch.Tensor], cfg_scale: float, chunk: Optional[int] = None
+) -> torch.Tensor:
+    """logsumexp over V of the guided fp32 logits of every slot: (N,) fp32, from (N, V) cond/uncond.
+
+    Upcast and combined ``chunk`` slots at a time (default: LOG_SOFTMAX_CHUNK_ELEMENTS // V), so the
+    fp32 working set stays a few chunk x V tensors whatever the number of rows in the forward; the
+    model's own (N, V) output is the only full-size tensor.
+    """
+    chunk = chunk or max(1, LOG_SOFTMAX_CHUNK_ELEMENTS // cond.shape[-1])
+    out = torch.empty(cond.shape[0], dtype=torch.float32, device=cond.device)
+    for i in range(0, cond.shape[0], chunk):
+        part = _guided(cond[i : i + chunk], None if uncond is None else uncond[i : i + chunk], cfg_scale)
+        out[i : i + chunk] = torch.logsumexp(part.float(), dim=-1)
+    return out
 
 
 def _as_1d(ids, name: str) -> torch.Tensor:
-    ids = torch.as_tensor(ids, dtype=torch.long)
-    if ids.dim() == 2 and ids.shape[0] == 1:
-        ids = ids[0]
-    if ids.dim() != 1:
-        raise ValueError(f"{name} must be a 1-D sequence of token ids (or shape (1, n)); got shape {tuple(ids.shape)}.")
-    return ids
+    """ids (a tensor or a list of ints) as a (n,) int64 tensor; ValueError for floats, bools or other shapes."""
+    try:
+        tensor = torch.as_tensor(ids)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(
+            f"{name} must be a 1-D sequence of int token ids; got {type(ids).__name__} ({error})."
+        ) from None
+    if tensor.numel() == 0 and not isinstance(ids, torch.Tensor):
+        tensor = tensor.long()  # [] is a float tensor by default
+    if tensor.dtype.is_floating_point or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise ValueError(f"{name} must hold int token ids; got dtype {tensor.dtype}. Tokenize the text, or use "
+                         f"torch.tensor(ids, dtype=torch.long).")  # fmt: skip
+    tensor = tensor.long()
+    if tensor.dim() == 2 and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    if tensor.dim() != 1:
+        raise ValueError(
+            f"{name} must be a 1-D sequence of token ids (or shape (1, n)); got shape {tuple(tensor.shape)}."
+        )
+    return tensor
 
 
 @torch.no_grad()
@@ -151,15 +201,18 @@ def get_log_likelihoods(
     float rounding. Returns one float per pair, in order.
     """
     mask_id = _config_id(model, "mask_token_id", MASK_ID) if mask_id is None else mask_id
+    _check_int("mask_id", mask_id, minimum=0)
+    _check_int("mc_num", mc_num, minimum=1)
+    _check_int("batch_size", batch_size, minimum=1)
+    _check_number("cfg_scale", cfg_scale, " Use 0 for no guidance or e.g. 1.0.")
     if not pairs:
         return []
     generators = [None] * len(pairs) if generators is None else list(generators)
     if len(generators) != len(pairs):
         raise ValueError(f"got {len(generators)} generators for {len(pairs)} pairs; give one per pair (or None).")
-    if mc_num < 1:
-        raise ValueError(f"mc_num ({mc_num}) must be >= 1.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size ({batch_size}) must be >= 1.")
+    for generator in generators:
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generators must hold torch.Generator objects or None; got a {type(generator).__name__}.")
     batch_size = min(batch_size, mc_num)
     if mc_num % batch_size:
         raise ValueError(f"batch_size ({batch_size}) must divide mc_num ({mc_num}); e.g. use powers of two.")
@@ -169,8 +222,10 @@ def get_log_likelihoods(
     device = model.device if hasattr(model, "device") else torch.device("cpu")
 
     sequences, prompt_lengths = [], []
-    for prompt, answer in pairs:
-        prompt, answer = _as_1d(prompt, "prompt"), _as_1d(answer, "answer")
+    for pair in pairs:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"pairs must hold (prompt, answer) pairs of token ids; got a {type(pair).__name__}.")
+        prompt, answer = _as_1d(pair[0], "prompt"), _as_1d(pair[1], "answer")
         if answer.numel() == 0:
             raise ValueError("answer is empty: the likelihood of nothing is not defined; give at least one token.")
         if bool((answer == mask_id).any()):
@@ -178,6 +233,8 @@ def get_log_likelihoods(
         if max_len is not None and prompt.numel() + answer.numel() > max_len:
             raise ValueError(f"prompt + answer ({prompt.numel() + answer.numel()} tokens) exceed the model's "
                              f"max_sequence_length ({max_len}); truncate the prompt from the left.")  # fmt: skip
+        _check_token_ids("prompt", prompt, model)
+        _check_token_ids("answer", answer, model)
         sequences.append(torch.cat([prompt, answer]).to(device))
         prompt_lengths.append(prompt.numel())
 
@@ -222,12 +279,12 @@ def get_log_likelihoods(
         prompt_index = columns < torch.tensor([p for _, _, p in chunk], device=device)[:, None]
         real = columns < lengths[:, None]  # (b, L): False on right padding
         attention_mask = None if bool(real.all()) else real.long()
-        if head_at_masks:
-            logits = get_logits(model, noisy, prompt_index, cfg_scale, mask_id, masked, attention_mask)  # (N, V)
+        if head_at_masks:  # (N, V) each, N = masked slots of the chunk
+            cond, uncond = _model_logits(model, noisy, prompt_index, cfg_scale, mask_id, masked, attention_mask)
         else:
-            logits = get_logits(model, noisy, prompt_index, cfg_scale, mask_id, attention_mask=attention_mask)[masked]
-        logits = logits.float()
-        log_normalizer = torch.logsumexp(logits, dim=-1)  # (N,)
+            cond, uncond = _model_logits(model, noisy, prompt_index, cfg_scale, mask_id, attention_mask=attention_mask)
+            cond, uncond = cond[masked], None if uncond is None else uncond[masked]
+        log_normalizer = _log_normalizers(cond, uncond, cfg_scale)  # (N,)
         # CE of every use of every row: a row shared by several pairs is scored against each one's answer
         slots, targets, use_pairs, use_weights = [], [], [], []
         first_slot = 0
@@ -241,7 +298,9 @@ def get_log_likelihoods(
                 use_pairs += [i] * positions.numel()
                 use_weights += [weight] * positions.numel()
         slots, targets = torch.cat(slots), torch.cat(targets)
-        ce = log_normalizer[slots] - logits[slots, targets]  # (M,) -log p(target) at every used slot
+        chosen = _guided(cond[slots, targets], None if uncond is None else uncond[slots, targets], cfg_scale)
+        ce = log_normalizer[slots] - chosen.float()  # (M,) -log p(target) at every used slot
+        del cond, uncond
         weighted = ce * torch.tensor(use_weights, device=device)
         totals.index_add_(0, torch.tensor(use_pairs, device=device), weighted.double())
     return (-totals).tolist()
@@ -252,12 +311,21 @@ def main() -> None:
     from genjo.loading import DEFAULT_BASE_MODEL, add_model_arguments, load_from_args
 
     parser = add_model_arguments(argparse.ArgumentParser(description=main.__doc__), default=DEFAULT_BASE_MODEL)
-    parser.add_argument("--prompt", default="The capital of France is")
-    parser.add_argument("--answer", default=" Paris.")
-    parser.add_argument("--mc-num", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--cfg", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompt", default="The capital of France is",
+                        help="the conditioning text, tokenized without BOS (default: %(default)r)")  # fmt: skip
+    parser.add_argument("--answer", default=" Paris.",
+                        help="the text whose log-likelihood is estimated; mind its leading space "
+                             "(default: %(default)r)")  # fmt: skip
+    parser.add_argument("--mc-num", type=int, default=128,
+                        help="Monte-Carlo samples (randomly masked copies); more is less noisy; a multiple of "
+                             "--batch-size (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="masked copies per forward pass, lowered to --mc-num when larger "
+                             "(default: %(default)s)")  # fmt: skip
+    parser.add_argument("--cfg", type=float, default=0.0,
+                        help="classifier-free guidance scale; 0 disables it (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0,
+                        help="torch seed of the random masks (default: %(default)s)")  # fmt: skip
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)

@@ -16,6 +16,12 @@ pass --peak-tflops otherwise). Times are medians over --repeats, synchronised on
 
     python benchmarks/bench_forward.py --model 8b                # published 8B architecture, CUDA bf16
     python benchmarks/bench_forward.py                           # the embedded model's config, CPU
+    python benchmarks/bench_forward.py --model 8b --dry-run      # no GPU: shapes, FLOPs, memory model
+
+--dry-run builds the model on the meta device (no memory, no weights), runs every forward kind for
+its output shapes, and prints the FLOPs and a memory model (bytes computed from the config, not
+measured): weights, KV cache and logits per canvas row at gen_length 256/512/1024, with and without
+CFG, for a full-canvas LM head and for the read block alone (what the sampler computes).
 """
 
 import argparse
@@ -29,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from genjo import GenjoConfig, GenjoModelLM  # noqa: E402
-from genjo.loading import DEFAULT_MODEL, default_device, default_dtype  # noqa: E402
+from genjo.loading import DEFAULT_MODEL, default_device, default_dtype, load_config  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0}  # dense, no sparsity
 
@@ -116,6 +122,51 @@ def forward_kinds(model, length: int, gen_length: int, block_length: int, batch_
     }
 
 
+def dry_run(config: GenjoConfig, dtype: torch.dtype, args) -> None:
+    """Shapes, FLOPs and the memory model of the sampler's forwards, on the meta device."""
+    with torch.device("meta"):
+        model = GenjoModelLM(config).to(dtype).eval()
+    parameters = sum(p.numel() for p in model.parameters())
+    item = torch.tensor([], dtype=dtype).element_size()
+    print(f"dry run on the meta device: {parameters:,} parameters, {dtype}, batch {args.batch_size}, canvas "
+          f"{args.length} = prompt {args.length - args.gen_length} + gen {args.gen_length}, "
+          f"block {args.block_length}\n")  # fmt: skip
+    print("| forward | input ids | logits | cache per layer (K and V) | GFLOP |")
+    print("|---|---|---|---|---|")
+    kinds = forward_kinds(model, args.length, args.gen_length, args.block_length, args.batch_size)
+    head_dim = config.d_model // config.n_heads
+    for name, (queries, keys, run) in kinds.items():
+        try:
+            with torch.inference_mode():
+                out = run()
+            logits_shape = tuple(out.logits.shape)
+            cache_shape = tuple(out.past_key_values[0][0].shape) if out.past_key_values else "-"
+        except NotImplementedError:  # the dual step's boolean-indexed cache update is data-dependent
+            logits_shape = (args.batch_size, queries, config.embedding_size)
+            cache_shape = f"{(args.batch_size, config.n_kv_heads, keys, head_dim)}, updated in place (not run on meta)"
+        flops = args.batch_size * forward_flops(config, queries, keys, head_tokens=queries)
+        print(f"| {name} | {(args.batch_size, queries)} | {logits_shape} | {cache_shape} | {flops / 1e9:.1f} |")
+
+    gib = 2.0**30
+    kv_per_token = 2 * config.n_layers * config.n_kv_heads * (config.d_model // config.n_heads) * item
+    V, prompt = config.embedding_size, args.length - args.gen_length
+    print(f"\nmemory model ({dtype}, bytes from the config, not measured): weights {parameters * item / gib:.2f} GiB; "
+          f"KV cache {kv_per_token / 2**20:.3f} MiB per token per row\n")  # fmt: skip
+    print(
+        "| gen_length | canvas | KV cache per row | full-canvas logits per row | with CFG (2 rows) | "
+        f"block logits per row (block {args.block_length}) | with CFG (2 rows + fp32 mix) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for gen in (256, 512, 1024):
+        T = prompt + gen
+        full = T * V * item
+        block = args.block_length * V * item
+        print(
+            f"| {gen} | {T} | {T * kv_per_token / gib:.2f} GiB | {full / gib:.2f} GiB | {2 * full / gib:.2f} GiB | "
+            f"{block / 2**20:.0f} MiB | {(2 * block + args.block_length * V * 4) / 2**20:.0f} MiB |"
+        )
+
+
 def measure(model, length: int, gen_length: int, block_length: int, batch_size: int, repeats: int) -> list[dict]:
     """One row per forward kind: query/key tokens, FLOPs (whole batch) and median seconds."""
     rows = []
@@ -133,13 +184,22 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=model_help + " architecture (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
-                        help="default: bfloat16 on CUDA, float32 on CPU")  # fmt: skip
-    parser.add_argument("--length", type=int, default=1280, help="canvas tokens: prompt + gen_length")
-    parser.add_argument("--gen-length", type=int, default=1024)
-    parser.add_argument("--block-length", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--peak-tflops", type=float, default=None, help="dense peak for MFU (default: known GPUs)")
+                        help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")  # fmt: skip
+    parser.add_argument("--length", type=int, default=1280,
+                        help="canvas tokens: prompt + gen_length (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--gen-length", type=int, default=1024,
+                        help="answer tokens of the canvas, a multiple of --block-length "
+                             "(default: %(default)s)")  # fmt: skip
+    parser.add_argument("--block-length", type=int, default=32,
+                        help="tokens of a semi-autoregressive block (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=1, help="canvases per forward (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="timed forwards per kind; the median is reported (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="dense peak TFLOP/s for MFU (default: the bf16 peak of known GPUs, "
+                             "else no MFU)")  # fmt: skip
+    parser.add_argument("--dry-run", action="store_true",
+                        help="meta device: shapes, FLOPs and memory model, no timing (default: off)")  # fmt: skip
     args = parser.parse_args()
     if not 0 < args.gen_length <= args.length or args.gen_length % args.block_length:
         raise ValueError(f"need 0 < gen_length ({args.gen_length}) <= length ({args.length}) and gen_length "
@@ -147,7 +207,10 @@ def main() -> None:
 
     device = torch.device(args.device) if args.device else default_device()
     dtype = getattr(torch, args.dtype) if args.dtype else default_dtype(device)
-    config = GenjoConfig() if args.model.lower() == "8b" else GenjoConfig.from_pretrained(args.model)
+    config = GenjoConfig() if args.model.lower() == "8b" else load_config(args.model)
+    if args.dry_run:
+        dry_run(config, getattr(torch, args.dtype) if args.dtype else torch.bfloat16, args)
+        return
     torch.manual_seed(0)
     model = random_model(config, device, dtype)
     peak = peak_tflops(device, dtype, args.peak_tflops)

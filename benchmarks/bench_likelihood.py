@@ -84,12 +84,19 @@ def score_question(model, tokenizer, doc, mc_num, batch_size, noise_seed: int, c
 
 def main() -> None:
     parser = add_model_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]), DEFAULT_BASE_MODEL)
-    parser.add_argument("--mc-num", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--questions", type=int, default=40, help="first N documents of the task (all families)")
-    parser.add_argument("--data", default=str(ROOT / "eval_tasks" / "data" / "choice.jsonl"))
-    parser.add_argument("--repeats", type=int, default=8, help="noise draws per question for the variance table")
-    parser.add_argument("--variance-questions", type=int, default=16, help="first N questions for the variance table")
+    parser.add_argument("--mc-num", type=int, default=128,
+                        help="Monte-Carlo samples per choice at full budget (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="masked rows per forward (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--questions", type=int, default=40,
+                        help="questions, spread evenly over the task file (all families) "
+                             "(default: %(default)s)")  # fmt: skip
+    parser.add_argument("--data", default=str(ROOT / "eval_tasks" / "data" / "choice.jsonl"),
+                        help="JSON-lines 4-way choice task (default: the offline genjo_tiny_choice data)")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=8,
+                        help="noise draws per question for the variance table (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--variance-questions", type=int, default=16,
+                        help="first N questions for the variance table (default: %(default)s)")  # fmt: skip
     args = parser.parse_args()
 
     model, tokenizer = load_from_args(args)

@@ -82,12 +82,18 @@ def format_table(rows: dict[str, dict]) -> str:
 
 def main() -> None:
     parser = add_model_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--gen-lengths", type=int, nargs="+", default=[64, 256, 512])
-    parser.add_argument("--block-length", type=int, default=32)
-    parser.add_argument("--problems", type=int, default=32, help="held-out problems (spread over the families)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), help="subset of: " + " | ".join(SETTINGS))
-    parser.add_argument("--seed", type=int, default=20_000)
+    parser.add_argument("--gen-lengths", type=int, nargs="+", default=[64, 256, 512],
+                        help="answer lengths, one table each; steps = gen_length (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--block-length", type=int, default=32,
+                        help="tokens of a semi-autoregressive block (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--problems", type=int, default=32,
+                        help="held-out problems, spread over the families (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="problems per generate() call (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), metavar="SETTING",
+                        help="subset of: " + " | ".join(SETTINGS) + " (default: all)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=20_000,
+                        help="seed of the problem sampler (default: %(default)s)")  # fmt: skip
     args = parser.parse_args()
 
     torch.manual_seed(0)

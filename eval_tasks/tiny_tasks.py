@@ -1,12 +1,17 @@
 """Offline lm-eval tasks over the synthetic task world (held-out split), and their data.
 
-Three tasks, each over a small JSONL file in ``data/`` generated deterministically here:
+Five tasks, over small JSONL files in ``data/`` generated deterministically here:
 
 - ``genjo_tiny_choice``: 4-way multiple choice in plain-text form, for the base model.
   Context ``The capital of France is``, choices ``Paris.``, ``Rome.``, ... (lm-eval adds the space).
-- ``genjo_tiny_choice_chat``: the same documents in chat form, for the instruct model with
-  ``chat_template=True``: context ``What is the capital of France?``, choices ``Paris``, ``Rome``, ...
+- ``genjo_tiny_choice_chat``: the same documents in chat form, for the instruct model with lm-eval's
+  ``--apply_chat_template``: question ``What is the capital of France?``, choices ``Paris``, ``Rome``, ...
 - ``genjo_tiny_gen``: chat questions answered by ``generate_until``, scored by exact match.
+- ``genjo_tiny_prefix``: the same kind of questions with a ``gen_prefix``, the first item of the
+  answer (``Sort: 3 1 2`` -> prefix ``1``), which pre-fills the assistant's answer; the model must
+  generate the rest (``2 3``). A prefix wrongly put in the user turn makes the model answer in full.
+- ``genjo_tiny_fewshot``: held-out questions after 3 solved examples of the training split, for
+  ``--fewshot_as_multiturn`` (one user/assistant turn pair per example).
 
 The YAML files load the data through ``custom_dataset: !function tiny_tasks.load_...``, which
 builds the path from this file's location, so the tasks work from any directory and offline.
@@ -18,12 +23,18 @@ Loading needs only this file; the generator also imports the genjo package.
 import json
 import random
 from pathlib import Path
+from typing import Optional
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CHOICE_FILE = DATA_DIR / "choice.jsonl"
 GEN_FILE = DATA_DIR / "gen.jsonl"
+PREFIX_FILE = DATA_DIR / "prefix.jsonl"
+FEWSHOT_FILE = DATA_DIR / "fewshot_train.jsonl"  # few-shot examples (training split) of genjo_tiny_fewshot
 DOCS_PER_FAMILY = 50  # 200 documents per file
-CHOICE_SEED, GEN_SEED = 20_250_501, 20_250_502
+CHOICE_SEED, GEN_SEED, PREFIX_SEED, FEWSHOT_SEED = 20_250_501, 20_250_502, 20_250_503, 20_250_504
+PREFIX_FAMILIES = ("sorting", "reversal", "addition")  # answers of several items: a prefix and a rest
+PREFIX_DOCS_PER_FAMILY = 50
+FEWSHOT_EXAMPLES = 40
 NUM_CHOICES = 4
 
 # Plain-text context per family: the pre-training sentence up to the answer (tinyworld.PLAIN_TEMPLATES).
@@ -106,6 +117,40 @@ def build_gen_docs(per_family: int = DOCS_PER_FAMILY, seed: int = GEN_SEED) -> l
     return [{"family": p.family, "question": p.question, "answer": p.answer} for p in problems]
 
 
+def split_answer(family: str, answer: str) -> tuple[str, str]:
+    """(prefix, rest) of an answer: its first item and the others (the other digits of a sum)."""
+    if family == "addition":
+        return answer[:1], answer[1:]
+    first, _, rest = answer.partition(" ")
+    return first, rest
+
+
+def build_prefix_docs(per_family: int = PREFIX_DOCS_PER_FAMILY, seed: int = PREFIX_SEED) -> list[dict]:
+    """Held-out questions whose answer has at least two items, with the first one as ``prefix``."""
+    from genjo import tinyworld
+
+    docs, rng = [], random.Random(seed)
+    for family in PREFIX_FAMILIES:
+        count = 0
+        while count < per_family:
+            problem = tinyworld.sample_problem(rng, family, split="heldout")
+            prefix, rest = split_answer(family, problem.answer)
+            if not rest or any(doc["question"] == problem.question for doc in docs):
+                continue
+            docs.append({"family": family, "question": problem.question, "answer": problem.answer,
+                         "prefix": prefix, "rest": rest})  # fmt: skip
+            count += 1
+    return docs
+
+
+def build_fewshot_docs(n: int = FEWSHOT_EXAMPLES, seed: int = FEWSHOT_SEED) -> list[dict]:
+    """Solved training-split questions (families interleaved): the few-shot examples."""
+    from genjo import tinyworld
+
+    problems = tinyworld.sample_problems(n, seed, split="train")
+    return [{"family": p.family, "question": p.question, "answer": p.answer} for p in problems]
+
+
 def write_jsonl(docs: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
@@ -117,16 +162,24 @@ def write_data() -> None:
     """(Re)generate every data file of the offline tasks."""
     write_jsonl(build_choice_docs(), CHOICE_FILE)
     write_jsonl(build_gen_docs(), GEN_FILE)
+    write_jsonl(build_prefix_docs(), PREFIX_FILE)
+    write_jsonl(build_fewshot_docs(), FEWSHOT_FILE)
 
 
-def _load(path: Path):
-    import datasets
-
+def _rows(path: Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; regenerate it with `python -m eval_tasks.tiny_tasks`.")
     with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _load(path: Path, train: Optional[Path] = None):
+    import datasets
+
+    splits = {"test": datasets.Dataset.from_list(_rows(path))}
+    if train is not None:
+        splits["train"] = datasets.Dataset.from_list(_rows(train))
+    return datasets.DatasetDict(splits)
 
 
 def load_choice(**kwargs):
@@ -137,6 +190,16 @@ def load_choice(**kwargs):
 def load_gen(**kwargs):
     """lm-eval ``custom_dataset`` for the generation task (kwargs: task metadata, unused)."""
     return _load(GEN_FILE)
+
+
+def load_prefix(**kwargs):
+    """lm-eval ``custom_dataset`` for the task with a ``gen_prefix`` (kwargs: task metadata, unused)."""
+    return _load(PREFIX_FILE)
+
+
+def load_fewshot(**kwargs):
+    """lm-eval ``custom_dataset`` for the few-shot task: the generation questions and a training split."""
+    return _load(GEN_FILE, train=FEWSHOT_FILE)
 
 
 def per_family(samples: list[dict], metric: str) -> dict[str, float]:
@@ -150,4 +213,4 @@ def per_family(samples: list[dict], metric: str) -> dict[str, float]:
 
 if __name__ == "__main__":
     write_data()
-    print(f"wrote {CHOICE_FILE} and {GEN_FILE}")
+    print(f"wrote {CHOICE_FILE}, {GEN_FILE}, {PREFIX_FILE} and {FEWSHOT_FILE}")

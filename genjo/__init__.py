@@ -9,6 +9,8 @@ from .configuration_genjo import GenjoConfig
 from .loading import DEFAULT_BASE_MODEL, DEFAULT_MODEL, add_model_arguments, load_model, load_tokenizer
 from .modeling_genjo import GenjoModel, GenjoModelLM
 
+__version__ = "0.1.0"  # the package version (pyproject.toml reads it from here)
+
 AutoConfig.register("genjo", GenjoConfig, exist_ok=True)
 AutoModel.register(GenjoConfig, GenjoModelLM, exist_ok=True)
 AutoModelForCausalLM.register(GenjoConfig, GenjoModelLM, exist_ok=True)

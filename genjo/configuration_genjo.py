@@ -72,7 +72,7 @@ class GenjoConfig(PretrainedConfig):
     """
 
     model_type = "genjo"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
     attribute_map = {
         "hidden_size": "d_model",
         "num_hidden_layers": "n_layers",

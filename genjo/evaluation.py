@@ -10,6 +10,8 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from .tokenizer import encode_chat
+
 # Sampler settings of the embedded instruct model: its answers are at most 16 tokens, so a 32-slot
 # canvas decoded one token per step in one block covers every family.
 TINY_SAMPLER_DEFAULTS = dict(gen_length=32, steps=32, block_length=32, temperature=0.0, remasking="low_confidence")
@@ -17,11 +19,7 @@ TINY_SAMPLER_DEFAULTS = dict(gen_length=32, steps=32, block_length=32, temperatu
 
 def chat_prompt_batch(tokenizer, questions: Sequence[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded (B, L) int64 input ids and attention mask of single-turn chat prompts."""
-    texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
-        for q in questions
-    ]
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    ids = [encode_chat(tokenizer, [{"role": "user", "content": q}], add_generation_prompt=True) for q in questions]
     length = max(len(i) for i in ids)
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (length - len(i)) + i for i in ids], dtype=torch.long, device=device)
@@ -116,24 +114,31 @@ def plot_learning_curve(curve_paths: Sequence[str], out_png: str) -> None:
 
 
 def main() -> None:
-    """Per-family exact-match accuracy of a model on freshly sampled held-out problems."""
+    """Per-family exact-match accuracy of a model on freshly sampled problems of the synthetic task world
+    (capitals, sorting, reversal, addition), answered as single chat turns with the checkpoint's sampler settings."""
     import argparse
 
     from . import tinyworld
-    from .loading import add_model_arguments, load_from_args
+    from .loading import add_model_arguments, load_from_args, sampler_defaults
 
-    parser = add_model_arguments(argparse.ArgumentParser(description=main.__doc__))
-    parser.add_argument("--per-family", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=123_456)
-    parser.add_argument("--batch-size", type=int, default=100)
+    parser = add_model_arguments(argparse.ArgumentParser(prog="python -m genjo.evaluation", description=main.__doc__))
+    parser.add_argument("--per-family", type=int, default=500,
+                        help="problems sampled per task family (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=123_456,
+                        help="seed of the problem sampler (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=100,
+                        help="questions answered per generate() call (default: %(default)s)")  # fmt: skip
     parser.add_argument("--split", choices=["heldout", "train"], default="heldout",
-                        help="held-out problems (default) or problems of the training split")  # fmt: skip
-    parser.add_argument("--curve", nargs="+", help="also plot these learning_curve.jsonl (SFT stages in order) ...")
-    parser.add_argument("--plot", help="... into this PNG")
+                        help="problems held out of all training data, or problems of the training split "
+                             "(default: %(default)s)")  # fmt: skip
+    parser.add_argument("--curve", nargs="+", default=None,
+                        help="also plot these learning_curve.jsonl files (SFT stages in order) into --plot "
+                             "(default: no plot)")  # fmt: skip
+    parser.add_argument("--plot", default=None, help="PNG file of the --curve plot (default: none)")
     args = parser.parse_args()
 
     model, tokenizer = load_from_args(args)
-    settings = {**TINY_SAMPLER_DEFAULTS, **(getattr(model.config, "sampler_defaults", None) or {})}
+    settings = {**TINY_SAMPLER_DEFAULTS, **sampler_defaults(model)}
     problems = tinyworld.sample_problems(args.per_family * len(tinyworld.FAMILIES), args.seed, split=args.split)
     acc = family_accuracy(model, tokenizer, problems, args.batch_size, progress=True, **settings)
     print(f"{args.per_family} {args.split} problems per family (seed {args.seed}); sampler: {settings}\n")

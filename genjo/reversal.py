@@ -136,6 +136,25 @@ def build_experiment_tokenizer(n_people: int):
     return tokenizer
 
 
+class FactData:
+    """Training batches for genjo.train.train (the interface of its TinyWorldData): sentences only."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def batch(self, step: int) -> tuple[torch.Tensor, None]:
+        return self.batches(step), None
+
+    def eval_batches(self) -> list:
+        return []
+
+    def state_dict(self) -> dict:
+        return {}  # a batch is a function of (seed, step): nothing to save
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 def fact_batches(tokenizer, facts: list[Fact], batch_size: int, seq_len: int, seed: int):
     """step -> (batch_size, seq_len) int64: training sentences drawn uniformly, each right-padded with EOS.
 
@@ -249,15 +268,17 @@ def train_one(args: ExperimentArgs, tokenizer, facts: list[Fact], objective: str
     from .train import TrainArgs, train
 
     vocab_size = -(-len(tokenizer) // 64) * 64
+    tokenizer_dir = os.path.join(run_dir, "tokenizer")
+    tokenizer.save_pretrained(tokenizer_dir)
     train_args = TrainArgs(
         stage="pretrain", objective=objective, run_dir=run_dir, resume=False, seed=seed, steps=args.steps,
         batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, min_lr=args.lr / 20,
         warmup_steps=args.steps // 20, eval_every=args.steps, save_every=args.steps, d_model=args.d_model,
         n_layers=args.n_layers, n_heads=args.n_heads, mlp_hidden_size=args.mlp_hidden_size,
-        max_sequence_length=64, vocab_size=vocab_size,
+        max_sequence_length=64, vocab_size=vocab_size, tokenizer=tokenizer_dir,
     )  # fmt: skip
     batches = fact_batches(tokenizer, facts, args.batch_size, args.seq_len, seed)
-    final = train(train_args, tokenizer=tokenizer, batches=batches)
+    final = train(train_args, data=FactData(batches))
     return GenjoModelLM.from_pretrained(final, dtype=torch.float32).eval()
 
 

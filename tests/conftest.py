@@ -48,6 +48,15 @@ def tiny_model(seed: int = 0, **overrides) -> GenjoModelLM:
     return GenjoModelLM(tiny_config(**overrides)).eval()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module: tiny models run far faster so, above all on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def model() -> GenjoModelLM:
     """A 2-layer random model (fp32, CPU) with large weights, so greedy answers vary by position and prompt."""
@@ -66,6 +75,30 @@ def run_outside_the_repo(script: str, tmp_path) -> None:
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
 
 
+CHROMIUM = "/usr/bin/chromium"  # Debian's chromium; playwright drives it (its own browser download is not used)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                 "--disable-dev-shm-usage"]  # fmt: skip
+
+
+def require_chromium():
+    """playwright.sync_api, once Chromium and playwright are known to be there; the test is skipped without
+    them (a failure under CI)."""
+    message = None
+    if not os.path.exists(CHROMIUM):
+        message = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+    else:
+        try:
+            from playwright import sync_api
+        except ImportError:
+            message = "playwright is not installed (pip install playwright; no `playwright install` needed)"
+    if message:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return sync_api
+
+
 def chat_model_path() -> str:
     """The instruct checkpoint of the end-to-end tests: the embedded one (GENJO_TEST_MODEL overrides)."""
     return os.environ.get("GENJO_TEST_MODEL") or DEFAULT_MODEL
@@ -75,7 +108,8 @@ def require_checkpoint(path: str) -> str:
     """The checkpoint folder; the test is skipped when it is missing (a failure under CI)."""
     if not os.path.isdir(path):
         message = (
-            f"checkpoint {path} is missing (train it with `python -m genjo.train recipe`, or set GENJO_TEST_MODEL)"
+            f"checkpoint {path} is missing (re-train it with `python -m genjo.train recipe --replace-shipped`, "
+            "or set GENJO_TEST_MODEL)"
         )
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)

@@ -1,27 +1,26 @@
 """app.py: the callbacks (scripted model), the page through gradio_client, and a person's visit in Chromium."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from types import SimpleNamespace
 
 import pytest
-from conftest import MASK, ScriptedModel, scripted_answer
+from conftest import CHROMIUM, CHROMIUM_ARGS, MASK, ScriptedModel, require_chromium, scripted_answer
 
 import app
+from genjo.tokenizer import encode_chat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHROMIUM = "/usr/bin/chromium"
 # The tokens shown by the visualisation, and whether its event is still running.
 VIS_STATE_JS = """() => [
   [...document.querySelectorAll('#vis .token .text')].map(e => e.innerText),
   !document.querySelector('#vis [data-testid=status-tracker]').classList.contains('hide')]"""
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                 "--disable-dev-shm-usage"]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -40,20 +39,28 @@ def question(text: str) -> list[dict]:
 # ----------------------------------------------------------------------------- pure functions
 
 
-def test_parse_constraints_follows_the_spec():
+def test_word_constraints_are_parsed_and_bad_ones_rejected_with_a_message():
     assert app.parse_constraints("0:Once, 5:upon, 10:time") == {0: "Once", 5: "upon", 10: "time"}
-    assert app.parse_constraints("3:a:b, x:y, -1:neg, 4: , 7") == {3: "a:b"}  # bad parts skipped silently
-    assert app.parse_constraints("2:one, 2:two") == {2: "two"}  # a later duplicate wins
+    assert app.parse_constraints("3:a:b, ") == {3: "a:b"}  # split at the first colon; empty parts ignored
     assert app.parse_constraints("") == {} and app.parse_constraints(None) == {}
+    for text, message in [("x:y", "'x:y' is not position:word"), ("-1:neg", "'-1:neg' is not"),
+                          ("4: ", "'4:' is not"), ("7", "'7' is not"), ("2:one, 2:two", "position 2 is given twice"),
+                          ("40:far", "position 40 is past the end of the answer: positions are 0 to 31")]:  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(message)):
+            app.parse_constraints(text, gen_length=32)
 
 
-def test_confidence_colours_and_history_format():
-    assert [app.confidence_colour(c) for c in (0.0, 0.29, 0.3, 0.69, 0.7, 1.0)] == [
-        "#FF6666", "#FF6666", "#FFAA33", "#FFAA33", "#66CC66", "#66CC66"]  # fmt: skip
-    pairs = [["hi", "hello"], ["again", None]]
+def test_confidence_categories_and_history_format():
+    assert [app.confidence_category(c) for c in (0.0, 0.29, 0.3, 0.69, 0.7, 1.0)] == [
+        app.NEW_LOW, app.NEW_LOW, app.NEW_MID, app.NEW_MID, app.NEW_HIGH, app.NEW_HIGH]  # fmt: skip
+    assert app.COLOUR_MAP[app.NEW_LOW] == "#FF6666" and app.COLOUR_MAP[app.EARLIER] == "#6699CC"
+    pairs = [["hi", "hello"], ["quiet", ""], ["again", None]]  # an empty reply stays an assistant turn
     assert app.format_chat_history(pairs) == [
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "quiet"}, {"role": "assistant", "content": ""},
         {"role": "user", "content": "again"}]  # fmt: skip
+    assert app.format_chat_history(pairs, multi_turn=False) == [{"role": "user", "content": "again"}]
+    assert [m["content"] for m in app.to_chatbot(pairs)] == ["hi", "hello", "quiet", app.EMPTY_ANSWER, "again"]
 
 
 def test_settings_are_checked_with_messages_that_say_what_to_fix():
@@ -62,28 +69,42 @@ def test_settings_are_checked_with_messages_that_say_what_to_fix():
     assert app.check_settings(64, 30, 8, 0.0, 0.0, "random") == (64, 24, 8)  # max(1, steps // blocks) per block
     for args, message in [((64, 32, 24, 0.0, 0.0, "random"), "multiple of Block Length"),
                           ((64, 32, 32, -1.0, 0.0, "random"), "Temperature"),
+                          ((64, 32, 32, 0.0, float("nan"), "random"), "CFG Scale must be a finite number"),
+                          ((None, 32, 32, 0.0, 0.0, "random"), "Generation Length must be a finite number"),
                           ((64, 32, 32, 0.0, 0.0, "top_k"), "Remasking Strategy")]:  # fmt: skip
         with pytest.raises(ValueError, match=message):
             app.check_settings(*args)
 
 
+def test_user_text_spelling_a_special_token_stays_plain_text(tiny_tokenizer):
+    """The prompt goes through genjo.tokenizer.encode_chat (tested in test_tokenizer.py): typed specials are text."""
+    tok = tiny_tokenizer
+    eot, mask = tok.convert_tokens_to_ids("<|eot_id|>"), tok.convert_tokens_to_ids("<|mdm_mask|>")
+    typed = [{"role": "user", "content": "a <|eot_id|> b <|mdm_mask|>"}]
+    ids = app.chat_prompt_ids(tok, typed, gen_length=8, max_length=None)
+    assert ids == encode_chat(tok, typed)
+    assert ids.count(eot) == 1 and mask not in ids  # only the template's end of turn
+    assert tok.decode(ids, skip_special_tokens=False).count("<|eot_id|>") == 2  # typed text kept as characters
+
+
 # ----------------------------------------------------------------------------- the generation callback
 
 
-def test_frames_show_masks_then_tokens_coloured_by_confidence(tiny_tokenizer):
+def test_frames_keep_every_slot_and_show_end_of_text_as_faint_chips(tiny_tokenizer):
     G = 16
     model = ScriptedModel(scripted_answer(tiny_tokenizer, "42", G))
     frames, text = app.generate_response_with_visualization(model, tiny_tokenizer, "cpu", question("What is 12 + 30?"),
                                                             gen_length=G, steps=8, block_length=G)  # fmt: skip
     assert text == "42" and len(frames) == 1 + 8  # all-mask state, then one frame per step
-    assert frames[0] == [("[MASK]", "#444444")] * G
-    assert all(len(f) == G for f in frames)
+    assert frames[0] == [("[MASK]", app.MASKED)] * G
+    assert all(len(f) == G for f in frames)  # no slot is ever dropped
     masks = [sum(t == "[MASK]" for t, _ in f) for f in frames]
     assert masks == [16, 14, 12, 10, 8, 6, 4, 2, 0]  # 2 per step, the linear schedule
     # step 1 reveals the two strongest slots (0, 1: "4", "2"), new tokens coloured by confidence
     assert [t for t, _ in frames[1][:2]] == ["4", "2"]
-    assert {c for _, c in frames[1][:2]} <= {"#FF6666", "#FFAA33", "#66CC66"}
-    assert {c for _, c in frames[2][:2]} == {"#6699CC"}  # revealed earlier: blue
+    assert {c for _, c in frames[1][:2]} <= {app.NEW_LOW, app.NEW_MID, app.NEW_HIGH}
+    assert {c for _, c in frames[2][:2]} == {app.EARLIER}  # revealed earlier: blue
+    assert frames[-1][2:] == [("EoT", app.END)] + [("EOS", app.END)] * (G - 3)
 
 
 def test_constraints_hold_their_slots_and_count_as_prompt_for_cfg(tiny_tokenizer):
@@ -95,7 +116,7 @@ def test_constraints_hold_their_slots_and_count_as_prompt_for_cfg(tiny_tokenizer
     word = tiny_tokenizer(" Paris", add_special_tokens=False)["input_ids"]
     L = model.calls[0].shape[1] - G
     assert len(frames) == 2 + 8  # all-mask state, the constraints, then one frame per step
-    assert [c for t, c in frames[1] if t != "[MASK]"] == ["#6699CC"] * len(word)
+    assert [c for t, c in frames[1] if t != "[MASK]"] == [app.CONSTRAINT] * len(word)
     assert "".join(t for t, _ in frames[-1][5 : 5 + len(word)]) == " Paris"
     assert "Paris" in text
     for call in model.calls:  # CFG runs conditional and unconditional rows as one batch
@@ -103,17 +124,92 @@ def test_constraints_hold_their_slots_and_count_as_prompt_for_cfg(tiny_tokenizer
         assert cond[L + 5 : L + 5 + len(word)].tolist() == word  # the model always reads the constraint
         assert (uncond[L + 5 : L + 5 + len(word)] == MASK).all()  # masked with the prompt when unconditional
         assert (uncond[:L] == MASK).all()
+    # at position 0 the word has no leading space, as an answer starts
+    assert app.constraint_token_ids(tiny_tokenizer, {0: "Paris"}, G) == dict(
+        enumerate(tiny_tokenizer("Paris", add_special_tokens=False)["input_ids"]))  # fmt: skip
 
 
-def test_bot_response_shows_errors_in_the_page_and_keeps_the_history(tiny_tokenizer):
-    model = ScriptedModel(scripted_answer(tiny_tokenizer, "42", 64))
-    respond = app.make_bot_response(model, tiny_tokenizer, "cpu")
+# gen_length, steps, block_length, constraints, temperature, cfg_scale, remasking, delay
+SETTINGS = (32, 16, 32, "", 0.0, 0.0, "low_confidence", 0.0)
+
+
+def settings(**changes) -> tuple:
+    names = ("gen_length", "steps", "block_length", "constraints", "temperature", "cfg_scale", "remasking", "delay")
+    values = dict(zip(names, SETTINGS))
+    values.update(changes)
+    return tuple(values[n] for n in names)
+
+
+def well_formed(history) -> bool:
+    """Finished exchanges only: every user turn has a reply (possibly empty), so the roles alternate."""
+    return all(isinstance(u, str) and isinstance(r, str) for u, r in history)
+
+
+def test_a_rejected_message_leaves_the_history_as_it_was_and_stays_in_the_box():
+    history = [["What is 12 + 30?", "42"]]
+    for bad, message in [(dict(constraints="x:y"), "'x:y' is not position:word"),
+                         (dict(block_length=24), "multiple of Block Length"),
+                         (dict(delay=-1), "Visualization Delay")]:  # fmt: skip
+        with pytest.warns(UserWarning, match=message):  # gr.Warning outside a page is a Python warning
+            new_history, chat, box, _, status = app.user_message_submitted("Sort: 3 1 2", history, *settings(**bad))
+        assert new_history == history and box == "Sort: 3 1 2"
+        assert status["visible"] and message in status["value"]
+        assert [m["role"] for m in chat] == ["user", "assistant"]
+    assert app.user_message_submitted("   ", history, *SETTINGS)[0] == history  # blank: no change
+    accepted = app.user_message_submitted("Sort: 3 1 2", history, *SETTINGS)
+    assert accepted[0] == history + [["Sort: 3 1 2", None]] and accepted[2] == "" and not accepted[4]["visible"]
+
+
+def test_a_pending_turn_is_kept_while_answered_and_dropped_when_its_answer_never_ran():
+    page = SimpleNamespace(session_hash="page-1")
+    pending = [["What is 12 + 30?", "42"], ["Sort: 3 1 2", None]]
+    app.ANSWERING.add("page-1")
+    try:
+        with pytest.warns(UserWarning, match="still being written"):
+            history, _, box, _, _ = app.user_message_submitted("What is 1 + 1?", pending, *SETTINGS, page)
+        assert history == pending and box == "What is 1 + 1?"
+    finally:
+        app.ANSWERING.discard("page-1")
+    history = app.user_message_submitted("What is 1 + 1?", pending, *SETTINGS, page)[0]  # its event never ran
+    assert history == [["What is 12 + 30?", "42"], ["What is 1 + 1?", None]]
+
+
+@pytest.mark.parametrize("error", [ValueError("bad value"), KeyError("boom"), ZeroDivisionError("oops")])
+def test_any_failure_while_answering_leaves_a_well_formed_history(tiny_tokenizer, error):
+    class FailingModel(ScriptedModel):
+        def __call__(self, input_ids, attention_mask=None):
+            if len(self.calls) == 2:
+                raise error
+            return super().__call__(input_ids, attention_mask)
+
+    respond = app.make_bot_response(FailingModel(scripted_answer(tiny_tokenizer, "42", 32)), tiny_tokenizer, "cpu")
     history = [["What is 12 + 30?", "42"], ["Sort: 3 1 2", None]]
-    outputs = list(respond(history, 64, 32, "", 0.0, 0.0, 0.0, 24, "low_confidence"))  # 64 % 24 != 0
-    new_history, chat, vis, _ = outputs[-1]
-    assert vis == [("Error: Generation Length (64) must be a multiple of Block Length (24).", "red")]
-    assert new_history == [["What is 12 + 30?", "42"]]
-    assert app.user_message_submitted("   ", new_history, 64, 32, "", 0.1)[0] == new_history  # blank: no change
+    with pytest.warns(UserWarning, match="The answer failed"):
+        outputs = list(respond(history, *settings(delay=0.0)))
+    new_history, chat, vis, _, box, status = outputs[-1]
+    assert new_history == [["What is 12 + 30?", "42"]] and well_formed(new_history)
+    assert [m["content"] for m in chat] == ["What is 12 + 30?", "42"]
+    assert box == "Sort: 3 1 2"  # the message goes back into the box
+    assert vis == {"__type__": "update"}  # the frames shown so far stay
+    assert status["visible"] and str(error).strip("'") in status["value"]
+
+
+def test_after_an_empty_answer_the_next_prompt_alternates_user_and_assistant(tiny_tokenizer):
+    model = ScriptedModel(scripted_answer(tiny_tokenizer, "", 32))  # <|eot_id|> then EOS only
+    respond = app.make_bot_response(model, tiny_tokenizer, "cpu")
+    history = list(respond([["Hello", None]], *settings()))[-1][0]
+    assert history == [["Hello", ""]] and well_formed(history)
+    assert [m["content"] for m in app.to_chatbot(history)] == ["Hello", app.EMPTY_ANSWER]  # two bubbles
+    history = app.user_message_submitted("What is 12 + 30?", history, *SETTINGS)[0]
+    history = list(respond(history, *settings(), True))[-1][0]
+    assert history == [["Hello", ""], ["What is 12 + 30?", ""]]
+    prompt = tiny_tokenizer.decode(model.calls[-1][0, :-32].tolist())
+    roles = re.findall(r"<\|start_header_id\|>(\w+)<\|end_header_id\|>", prompt)
+    assert roles == ["user", "assistant", "user", "assistant"]  # the last one is the generation prompt
+    # single-turn (the embedded model's default): only the new question is sent
+    list(respond([["Hello", ""], ["What is 12 + 30?", None]], *settings(), False))
+    assert re.findall(r"header_id\|>(\w+)<", tiny_tokenizer.decode(model.calls[-1][0].tolist())) == [
+        "user", "assistant"]  # fmt: skip
 
 
 def test_frames_stream_while_the_model_works(tiny_tokenizer):
@@ -130,11 +226,22 @@ def test_frames_stream_while_the_model_works(tiny_tokenizer):
     model = BlockingModel(scripted_answer(tiny_tokenizer, "42", G))
     respond = app.make_bot_response(model, tiny_tokenizer, "cpu")
     seen, outputs = [], None
-    for outputs in respond([["What is 12 + 30?", None]], G, 8, "", 0.0, 0.0, 0.0, G, "random"):
+    for outputs in respond([["What is 12 + 30?", None]], G, 8, G, "", 0.0, 0.0, "random", 0.0):
         seen.append(outputs[2])
         if len(seen) == 3:
             release.set()  # the model is blocked in its third forward until the page got frame 2
     assert outputs[0][-1][1] and len(seen) == 1 + 8 + 1  # frames, then the final frame with the answer
+
+
+def test_the_page_starts_from_the_checkpoints_sampler_settings_and_names_the_model(tiny_tokenizer):
+    model = ScriptedModel(scripted_answer(tiny_tokenizer, "42", 32))
+    model.config.sampler_defaults = {"gen_length": 48, "steps": 24, "block_length": 16, "remasking": "random"}
+    demo = app.build_demo(model, tiny_tokenizer, "cpu", name="/some/folder/genjo-tiny-instruct")
+    values = {b.elem_id: getattr(b, "value", None) for b in demo.blocks.values() if b.elem_id}
+    assert (values["gen_length"], values["steps"], values["block_length"]) == (48, 24, 16)
+    assert values["model-line"].startswith("**Model:** `genjo-tiny-instruct`")
+    radios = [b for b in demo.blocks.values() if type(b).__name__ == "Radio"]
+    assert radios[0].value == "random"
 
 
 # ----------------------------------------------------------------------------- the page
@@ -157,36 +264,66 @@ def test_two_sessions_keep_their_own_histories(scripted_page):
     clients = [client_lib.Client(scripted_page, verbose=False, analytics_enabled=False, download_files=False)
                for _ in range(2)]  # fmt: skip
     for client, message in zip(clients, ["What is 12 + 30?", "Sort: 3 1 2"]):
-        client.predict(message, 32, 16, "", 0.0, api_name="/user_message_submitted")
-    jobs = [c.submit(32, 16, "", 0.01, 0.0, 0.0, 32, "low_confidence", api_name="/bot_response") for c in clients]
+        client.predict(message, *settings(steps=16), api_name="/user_message_submitted")
+    jobs = [c.submit(*settings(steps=16, delay=0.01), True, api_name="/bot_response") for c in clients]
     for job, message in zip(jobs, ["What is 12 + 30?", "Sort: 3 1 2"]):
         outputs = job.outputs() if job.result(timeout=60) else None
-        chat, vis, text = outputs[-1]
+        chat, vis, text = outputs[-1][:3]
         assert [m["content"][0]["text"] for m in chat] == [message, "42"]
         assert text == "42"
         assert any(t["token"] == "[MASK]" for t in outputs[0][1]) and len(outputs) >= 1 + 16
-    # a second message in the first session carries its own history only
-    chat = clients[0].predict("What is 1 + 1?", 32, 16, "", 0.0, api_name="/user_message_submitted")[0]
+    # a rejected message changes nothing and keeps its text; a good one carries its session's history only
+    chat, box, _, status = clients[0].predict("What is 1 + 1?", *settings(constraints="1-delta"),
+                                              api_name="/user_message_submitted")  # fmt: skip
+    assert [m["content"][0]["text"] for m in chat] == ["What is 12 + 30?", "42"] and box == "What is 1 + 1?"
+    assert "is not position:word" in status["value"] and status["visible"]
+    chat = clients[0].predict("What is 1 + 1?", *settings(), api_name="/user_message_submitted")[0]
     assert [m["content"][0]["text"] for m in chat] == ["What is 12 + 30?", "42", "What is 1 + 1?"]
-    cleared = clients[0].predict(api_name="/clear_conversation")
-    assert cleared[0] == []
+    # while that answer is being written, a new message is refused (the page's session is known)
+    job = clients[0].submit(*settings(steps=16, delay=0.2), True, api_name="/bot_response")
+    deadline = time.monotonic() + 30
+    while not app.ANSWERING and time.monotonic() < deadline:
+        time.sleep(0.01)
+    chat, box, _, status = clients[0].predict("Sort: 2 1", *settings(), api_name="/user_message_submitted")
+    assert "still being written" in status["value"] and box == "Sort: 2 1"
+    assert job.result(timeout=60)[0][-1]["content"][0]["text"] == "42"
+    deadline = time.monotonic() + 10
+    while app.ANSWERING and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not app.ANSWERING  # the session is released when its answer ends
+    chat, _, vis, box, _ = clients[0].predict(24, api_name="/clear_conversation")
+    assert chat == [] and box == "" and [t["token"] for t in vis] == ["[MASK]"] * 24
+
+
+# Rectangles of the user's message texts and of every visible button in the chat (copy, share, clear).
+CHAT_LAYOUT_JS = """() => {
+  const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  const chat = document.querySelector('#chatbot');
+  return {chat: box(chat),
+          texts: [...chat.querySelectorAll('[data-testid=user] .message-content')].map(box),
+          buttons: [...chat.querySelectorAll('button')].filter(b => b.offsetParent !== null).map(box)};
+}"""
+
+
+def overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 @pytest.mark.slow
-def test_a_person_chats_in_chromium_and_watches_the_denoising(instruct_model_path, tmp_path):
-    """Start `python app.py`, type a question in headless Chromium, press Send and watch the answer appear."""
-    if not os.path.exists(CHROMIUM):
-        message = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    sync_api = pytest.importorskip("playwright.sync_api")
+def test_a_person_chats_in_chromium_and_the_page_looks_right(instruct_model_path, tmp_path):
+    """Start `python app.py`, pick an example in headless Chromium, press Send, watch the answer appear, check
+    the layout (nothing covers the message, closed settings are one line, legend shown), then send a bad
+    constraint. Screenshots are kept in tmp_path."""
+    sync_api = require_chromium()
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "TOKENIZERS_PARALLELISM": "false"}
     log = open(tmp_path / "app.log", "w")
     server = subprocess.Popen([sys.executable, "app.py", "--model", instruct_model_path, "--port", str(port)],
                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    names = ("start", "mid_denoising", "answer", "rejected", "settings")
+    shots = {name: tmp_path / f"app_{name}.png" for name in names}
+    print(f"screenshots in {tmp_path}")
     try:
         wait_for_http(url, server, tmp_path / "app.log")
         with sync_api.sync_playwright() as p:
@@ -195,30 +332,64 @@ def test_a_person_chats_in_chromium_and_watches_the_denoising(instruct_model_pat
             page.set_default_timeout(60_000)
             page.goto(url, wait_until="load")
             page.wait_for_selector("#message textarea")
-            page.fill("#message textarea", "Reverse: alpha bravo charlie")
+            model_line = page.inner_text("#model-line")
+            settings_height = page.locator("#settings").bounding_box()["height"]
+            page.screenshot(path=str(shots["start"]), full_page=True)
+            page.locator("#examples").get_by_text("2:delta").click()  # the example with a word constraint
+            page.wait_for_function("document.querySelector('#constraints textarea').value === '2:delta'")
+            picked = page.input_value("#message textarea")
             page.click("#send")
-            states, mid_shot = [], None  # states: the visualised tokens, one list per distinct frame seen
+            states, mid_seen = [], False  # states: the visualised tokens, one list per distinct frame seen
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
                 tokens, busy = page.evaluate(VIS_STATE_JS)
                 if tokens and (not states or tokens != states[-1]):
                     states.append(tokens)
-                if mid_shot is None and "[MASK]" in tokens and any(t != "[MASK]" for t in tokens):
-                    mid_shot = tmp_path / "app_mid_denoising.png"
-                    page.screenshot(path=str(mid_shot), full_page=True)
+                if not mid_seen and "[MASK]" in tokens and sum(t != "[MASK]" for t in tokens) > 2:
+                    mid_seen = True
+                    page.screenshot(path=str(shots["mid_denoising"]), full_page=True)
                 if not busy and states and "[MASK]" not in tokens and any("[MASK]" in s for s in states):
                     break
                 time.sleep(0.05)
-            final_shot = tmp_path / "app_final.png"
-            page.screenshot(path=str(final_shot), full_page=True)
-            chat_text = page.evaluate("document.querySelector('#chatbot').innerText")
+            page.wait_for_selector("#chatbot [data-testid=bot]")
+            page.screenshot(path=str(shots["answer"]), full_page=True)
+            chat_text = page.inner_text("#chatbot")
+            layout = page.evaluate(CHAT_LAYOUT_JS)
+            legend = page.locator('#vis [data-testid="highlighted-text:category-legend"]')
+            legend_text = legend.inner_text() if legend.is_visible() else ""
+
+            page.fill("#constraints textarea", "x:y")  # a bad constraint: rejected with a visible message
+            page.fill("#message textarea", "What is 12 + 30?")
+            page.click("#send")
+            page.wait_for_selector("#status", state="visible")
+            time.sleep(0.5)
+            page.screenshot(path=str(shots["rejected"]), full_page=True)
+            status = page.inner_text("#status")
+            box_after_rejection = page.input_value("#message textarea")
+            bubbles_after_rejection = page.locator("#chatbot [data-testid=user]").count()
+            page.get_by_text("Generation Settings").click()  # the sliders start at the checkpoint's settings
+            page.wait_for_selector("#steps input[type=number]", state="visible")
+            sliders = [page.input_value(f"#{name} input[type=number]") for name in ("gen_length", "steps")]
+            page.screenshot(path=str(shots["settings"]), full_page=True)
             browser.close()
-        print(f"screenshots: {mid_shot} {final_shot}")
-        assert mid_shot is not None, f"never saw a partly revealed answer; states: {states[:5]}"
-        assert states[0] == ["[MASK]"] * 64 and "[MASK]" not in states[-1]
+        assert "genjo-tiny-instruct" in model_line and "parameters" in model_line
+        assert settings_height < 80, f"the closed settings accordion is {settings_height} px tall"
+        assert picked == "Reverse: alpha bravo charlie"
+        assert mid_seen, f"never saw a partly revealed answer; states: {states[:5]}"
+        assert states[0] == ["[MASK]"] * 32  # the checkpoint's gen_length
+        assert all(len(s) == 32 for s in states), "a frame dropped slots"
         assert len([s for s in states if "[MASK]" in s]) >= 3  # several intermediate frames streamed
-        assert "Reverse: alpha bravo charlie" in chat_text
-        assert os.path.getsize(mid_shot) > 10_000
+        assert states[-1][:5] == ["c", "harlie", " delta", " alpha", "EoT"] and set(states[-1][5:]) == {"EOS"}
+        assert "Reverse: alpha bravo charlie" in chat_text and "charlie delta alpha" in chat_text
+        assert layout["texts"], "no user message in the chat"
+        for text in layout["texts"]:  # the user's message is fully visible: inside the chat, under no button
+            assert layout["chat"][0] <= text[0] and text[2] <= layout["chat"][2], (text, layout["chat"])
+            assert not [b for b in layout["buttons"] if overlap(text, b)], (text, layout["buttons"])
+        assert all(name in legend_text for name in ("mask", "revealed earlier", "word constraint", "end of text"))
+        assert "'x:y' is not position:word" in status
+        assert box_after_rejection == "What is 12 + 30?" and bubbles_after_rejection == 1
+        assert sliders == ["32", "32"]
+        assert all(os.path.getsize(path) > 10_000 for path in shots.values())
     finally:
         server.terminate()
         server.wait(timeout=20)

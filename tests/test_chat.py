@@ -6,9 +6,10 @@ import signal
 import sys
 
 import pytest
-from conftest import BOS, EOS, EOT, ScriptedModel, scripted_answer
+from conftest import BOS, EOS, EOT, MASK, ScriptedModel, scripted_answer
 
-from chat import ChatSession, banner, chat_loop, user_turn_ids
+import chat as chat_script
+from chat import CANCELLED, EXIT_INTERRUPTED, THINKING, ChatSession, banner, chat_loop, user_turn_ids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,7 +22,7 @@ def session(tokenizer, gen_length=16, max_len=512, answer="42"):
     return ChatSession(model, tokenizer, gen_length=gen_length, steps=gen_length, block_length=gen_length)
 
 
-def test_banner_matches_the_spec():
+def test_banner_layout():
     lines = banner(128, 128).splitlines()
     assert lines == ["*" * 66, "**  Answer Length: 128  |  Sampling Steps: 128  **", "*" * 66]
 
@@ -132,16 +133,48 @@ def test_terminal_chat_two_turns_history_reset_quit(instruct_model_path):
 
 
 @pytest.mark.slow
-def test_terminal_chat_ctrl_c_ends_cleanly(instruct_model_path):
+def test_terminal_chat_ctrl_c_cancels_an_answer_and_keeps_the_history(instruct_model_path):
+    """A person's session: one answer, a second question cancelled by Ctrl-C mid-generation, /history shows only
+    the first turn, a third question is answered in that context, then a second Ctrl-C, at the prompt, ends the
+    chat with status 130.
+
+    The answers take 96 steps (about a second on a CPU), so the Ctrl-C sent right after the "answering" line
+    lands while generate() runs.
+    """
     pexpect = pytest.importorskip("pexpect")
-    child = spawn_chat(instruct_model_path)
+    child = spawn_chat(instruct_model_path, "--steps", "96")
+    child.expect_exact("Enter your question: ")
+    child.sendline("What is 12 + 30?")
+    child.expect(r"Bot's reply: ([^\r\n]*)\r\n-{71}")
+    first_reply = child.match.group(1).strip()
+    child.expect_exact("Enter your question: ")
+    child.sendline("Sort: 3 1 2")
+    child.expect_exact(THINKING)
+    child.sendintr()
+    child.expect_exact(CANCELLED)
+    child.expect_exact("Enter your question: ")
+    child.sendline("/history")
+    child.expect(r"History \((\d+) tokens\):\r\n(.*?)\r\n-{71}")
+    history = child.match.group(2).replace("\r\n", "\n")
+    assert history.count("<|start_header_id|>user") == 1 and "Sort" not in history
+    assert history.endswith(f"What is 12 + 30?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+                            f"{first_reply}<|eot_id|>")  # fmt: skip
+    child.expect_exact("Enter your question: ")
+    child.sendline("Reverse: alpha bravo charlie")
+    child.expect(r"Bot's reply: [^\r\n]*\r\n-{71}")
+    child.expect_exact("Enter your question: ")
+    child.sendline("/history")
+    child.expect(r"History \((\d+) tokens\):\r\n(.*?)\r\n-{71}")
+    history = child.match.group(2).replace("\r\n", "\n")
+    assert history.count("<|start_header_id|>user") == 2 and "Sort" not in history
+    assert history.count("<|startoftext|>") == 1 and "What is 12 + 30?" in history and "Reverse: alpha" in history
     child.expect_exact("Enter your question: ")
     child.sendintr()
     child.expect_exact("Goodbye!")
     child.expect(pexpect.EOF)
     child.close()
-    assert child.exitstatus == 0
-    assert "Traceback" not in child.before
+    assert child.exitstatus == EXIT_INTERRUPTED
+    assert "Traceback" not in (child.before or "")
 
 
 def test_chat_loop_ends_on_eof_and_reports_errors(tiny_tokenizer):
@@ -159,6 +192,74 @@ def test_chat_loop_ends_on_eof_and_reports_errors(tiny_tokenizer):
         except StopIteration:
             raise EOFError from None
 
-    chat_loop(chat, input_fn=read_then_eof, print_fn=printed.append)
+    assert chat_loop(chat, input_fn=read_then_eof, print_fn=printed.append) == 0
     assert any(str(p).startswith("Error: gen_length (16) must be a multiple") for p in printed)
     assert printed[-1] == "Goodbye!" and chat.history_ids() == []
+
+
+class InterruptedOnce(ScriptedModel):
+    """A scripted model whose `interrupt_at`-th forward raises KeyboardInterrupt, as Ctrl-C does mid-answer."""
+
+    def __init__(self, *args, interrupt_at: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.interrupt_at = interrupt_at
+
+    def __call__(self, input_ids, attention_mask=None):
+        if len(self.calls) == self.interrupt_at:
+            self.calls.append(input_ids.clone())
+            raise KeyboardInterrupt
+        return super().__call__(input_ids, attention_mask)
+
+
+def test_ctrl_c_during_an_answer_cancels_it_and_keeps_the_history(tiny_tokenizer):
+    """The second question is interrupted at its third forward: the history still holds the first turn alone, the
+    third question reads it, and Ctrl-C at the prompt then ends the loop with status 130."""
+    model = InterruptedOnce(scripted_answer(tiny_tokenizer, "42", 16), interrupt_at=16 + 2)
+    chat = ChatSession(model, tiny_tokenizer, gen_length=16, steps=16, block_length=16)
+    inputs, printed = iter(["What is 12 + 30?", "Sort: 3 1 2", "What is 1 + 1?"]), []
+
+    def read(prompt):
+        try:
+            return next(inputs)
+        except StopIteration:
+            raise KeyboardInterrupt from None
+
+    assert chat_loop(chat, input_fn=read, print_fn=printed.append) == EXIT_INTERRUPTED
+    assert printed.count(CANCELLED) == 1 and printed.count("Bot's reply: 42") == 2 and printed[-1] == "Goodbye!"
+    text = tiny_tokenizer.decode(chat.history_ids())
+    assert "Sort" not in text and text.count("<|start_header_id|>user") == 2
+    first = (
+        user_turn_ids(tiny_tokenizer, "What is 12 + 30?")
+        + tiny_tokenizer("42", add_special_tokens=False)["input_ids"]
+        + [EOT]
+    )
+    assert chat.model.calls[-1][0, : len(first)].tolist() == first  # the third question read the first turn
+
+
+def test_typed_special_tokens_reach_the_model_as_text(tiny_tokenizer):
+    chat = session(tiny_tokenizer)
+    chat.ask("Say <|mdm_mask|> and <|eot_id|> please")
+    prompt = chat.model.calls[0][0, : -chat.gen_length].tolist()
+    assert MASK not in prompt and prompt.count(EOT) == 1  # the template's own <|eot_id|> only
+    assert "Say <|mdm_mask|> and <|eot_id|> please<|eot_id|>" in tiny_tokenizer.decode(chat.history_ids())
+
+
+def test_flags_left_unset_take_the_checkpoint_sampler_defaults(instruct_model_path, monkeypatch):
+    sessions = []
+    monkeypatch.setattr(chat_script, "chat_loop", lambda session: sessions.append(session) or 0)
+    assert chat_script.main(["--model", instruct_model_path]) == 0
+    assert chat_script.main(["--model", instruct_model_path, "--gen-length", "64", "--temperature", "0.5"]) == 0
+    defaults, given = sessions
+    config = defaults.model.config.sampler_defaults
+    assert (defaults.gen_length, defaults.steps, defaults.block_length) == (
+        config["gen_length"], config["steps"], config["block_length"])  # fmt: skip
+    assert (given.gen_length, given.steps, given.temperature) == (64, config["steps"], 0.5)
+
+
+def test_help_names_every_default(capsys):
+    parser = chat_script.build_parser()
+    flags = [action for action in parser._actions if action.dest != "help"]
+    assert len(flags) == 11 and all("(default: " in action.help for action in flags)
+    with pytest.raises(SystemExit):
+        chat_script.main(["--help"])
+    assert "SPEC" not in capsys.readouterr().out and "SPEC" not in chat_script.__doc__

@@ -5,13 +5,21 @@ import torch
 import torch.nn.functional as F
 from conftest import EOS, EOT, MASK, tiny_model
 
-from generate import GenerationStats, add_gumbel_noise, generate, get_num_transfer_tokens
+from generate import (
+    GenerationStats,
+    add_gumbel_noise,
+    commit_top_k,
+    generate,
+    get_num_transfer_tokens,
+    rand_columns,
+    token_confidence,
+)
 
 
 @torch.no_grad()
 def reference_generate(model, prompt, steps, gen_length, block_length, cfg_scale=0.0,
                        logits_eos_inf=False, confidence_eos_eot_inf=False):  # fmt: skip
-    """SPEC 2.3 at temperature 0, written plainly: per row, per step, a Python loop over candidates."""
+    """The reference sampler at temperature 0, written plainly: per row, per step, a Python loop over candidates."""
     B, L = prompt.shape
     x = torch.full((B, L + gen_length), MASK, dtype=torch.long)
     x[:, :L] = prompt
@@ -289,3 +297,122 @@ def test_factor_rule_commits_prefix_of_passing_ranks():
     # implementation committed all ranks in this case)
     assert parallel_commit_count(c[2:], None, 1.0).tolist() == [3]
     assert parallel_commit_count(c, 0.85, None).tolist() == [2, 1, 3]
+
+
+# ----------------------------------------------------------------------------- the reference random stream
+
+
+@torch.no_grad()
+def previous_reference_generate(model, prompt, attention_mask, steps, gen_length, block_length, temperature,
+                                cfg_scale, remasking, logits_eos_inf=False, confidence_eos_eot_inf=False):  # fmt: skip
+    """The default path as it was before the memory work, transcribed literally: full-canvas logits,
+    fp64 Gumbel noise over the whole (B, T, V) tensor, random-remasking draws over the whole canvas."""
+
+    def old_gumbel(logits, temperature):
+        if temperature == 0:
+            return logits
+        logits = logits.to(torch.float64)
+        noise = torch.rand_like(logits, dtype=torch.float64)
+        return logits.exp() / (-torch.log(noise)) ** temperature
+
+    B, L = prompt.shape
+    x = torch.full((B, L + gen_length), MASK, dtype=torch.long)
+    x[:, :L] = prompt
+    if attention_mask is not None:
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, gen_length)], dim=-1)
+        if cfg_scale > 0:
+            attention_mask = torch.cat([attention_mask, attention_mask])
+    prompt_index = x != MASK
+    num_blocks = gen_length // block_length
+    spb = steps // num_blocks
+    for block in range(num_blocks):
+        start, end = L + block * block_length, L + (block + 1) * block_length
+        schedule = get_num_transfer_tokens(x[:, start:end] == MASK, spb)
+        for step in range(spb):
+            if cfg_scale > 0:
+                inputs = torch.cat([x, torch.where(prompt_index, MASK, x)])
+                cond, uncond = model(inputs, attention_mask=attention_mask).logits.chunk(2)
+                full_logits = uncond + (cfg_scale + 1) * (cond - uncond)
+            else:
+                full_logits = model(x, attention_mask=attention_mask).logits
+            if logits_eos_inf:
+                full_logits[..., EOS] = -torch.inf
+            block_logits = full_logits[:, start:end]
+            noisy = old_gumbel(full_logits, temperature)[:, start:end]
+            noisy = noisy.index_fill(-1, torch.tensor([MASK]), -torch.inf)
+            x0 = noisy.argmax(dim=-1)
+            if confidence_eos_eot_inf:
+                block_logits = block_logits.clone()
+                block_logits[..., [EOS, EOT]] = -torch.inf
+            if remasking == "low_confidence":
+                confidence = token_confidence(block_logits, x0)
+            else:
+                confidence = torch.rand(x.shape)[:, start:end]
+            confidence = torch.where(x[:, start:end] == MASK, confidence, -torch.inf)
+            commit = commit_top_k(confidence, schedule[:, step])
+            x[:, start:end][commit] = x0[commit]
+    return x
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+@pytest.mark.parametrize("cfg,padded,eos_options", [(0.0, False, False), (1.5, True, False), (0.0, True, True)])
+def test_default_path_keeps_the_previous_random_stream(model, temperature, remasking, cfg, padded, eos_options):
+    """Same seed, same tokens (and the same generator state after) as the full-canvas implementation."""
+    prompt, mask = PROMPT, None
+    if padded:
+        prompt = torch.tensor([[EOS, EOS, 0, 3, 17, 22], [0, 3, 30, 31, 12, 8]])
+        mask = (torch.arange(6) >= torch.tensor([[2], [0]])).long()
+    kwargs = dict(steps=12, gen_length=24, block_length=8, temperature=temperature, cfg_scale=cfg,
+                  remasking=remasking, logits_eos_inf=eos_options, confidence_eos_eot_inf=eos_options)  # fmt: skip
+    torch.manual_seed(11)
+    expected = previous_reference_generate(model, prompt, mask, **kwargs)
+    after_expected = torch.rand(4)
+    torch.manual_seed(11)
+    out = generate(model, prompt, mask, **kwargs)
+    assert torch.equal(out, expected)
+    assert torch.equal(torch.rand(4), after_expected), "the generator state differs after the run"
+    if temperature > 0:  # the test is not vacuous: another seed gives other tokens
+        torch.manual_seed(12)
+        assert not torch.equal(generate(model, prompt, mask, **kwargs), expected)
+
+
+def test_embedded_model_keeps_the_previous_random_stream():
+    """The same on the embedded instruct model (vocabulary 512) with a chat prompt, at T = 0.8."""
+    from conftest import chat_model_path, require_checkpoint
+
+    from genjo.loading import load_model
+
+    model, tokenizer = load_model(require_checkpoint(chat_model_path()), device="cpu")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "Sort: 7 3 9 1 4"}], add_generation_prompt=True,
+                                         tokenize=False)  # fmt: skip
+    prompt = torch.tensor([tokenizer(text)["input_ids"]])
+    for remasking in ("low_confidence", "random"):
+        kwargs = dict(steps=16, gen_length=32, block_length=16, temperature=0.8, cfg_scale=0.0, remasking=remasking)
+        torch.manual_seed(5)
+        expected = previous_reference_generate(model, prompt, None, **kwargs)
+        torch.manual_seed(5)
+        assert torch.equal(generate(model, prompt, **kwargs), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    "shape,start,end", [((2, 13, 7), 6, 10), ((3, 40, 5), 30, 34), ((2, 9), 0, 9), ((1, 5, 3), 0, 2)]
+)
+def test_rand_columns_draws_the_numbers_of_one_whole_draw(dtype, shape, start, end):
+    """CPU's generator gives its stream in order whatever the split of the draws: the block's numbers
+    equal those of one canvas-wide draw, and the generator ends in the same state."""
+    torch.manual_seed(3)
+    whole = torch.rand(shape, dtype=dtype)[:, start:end]
+    after_whole = torch.rand(3)
+    torch.manual_seed(3)
+    part = rand_columns(shape, start, end, dtype)
+    assert part.shape == whole.shape and part.dtype == dtype
+    assert torch.equal(part, whole) and torch.equal(torch.rand(3), after_whole)
+
+
+def test_gumbel_noise_in_place_equals_the_formula():
+    logits = torch.randn(2, 3, 7)
+    noise = torch.rand(2, 3, 7, dtype=torch.float64)
+    expected = logits.double().exp() / (-torch.log(noise)) ** 0.8
+    assert torch.equal(add_gumbel_noise(logits, 0.8, noise.clone()), expected)

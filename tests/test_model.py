@@ -11,7 +11,8 @@ from genjo import GenjoConfig, GenjoModelLM
 
 
 def reference_forward(model: GenjoModelLM, ids: torch.Tensor, positions: torch.Tensor, key_mask=None) -> torch.Tensor:
-    """Logits recomputed from the formulas of SPEC 1.3 with explicit loops and the raw weights."""
+    """Logits (B, T, V) recomputed in float64 with explicit loops and the raw weights: pre-norm blocks, RMSNorm
+    then weight, rotate-half RoPE, bidirectional attention, SwiGLU MLP, final norm, LM head."""
     cfg = model.config
     w = {k: v.double() for k, v in model.state_dict().items()}
     p = "model.transformer."
@@ -177,3 +178,15 @@ def test_bf16_forward_runs_and_keeps_norm_in_fp32():
     ids = torch.randint(3, 60, (1, 6))
     logits = m(ids).logits
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+
+
+def test_rms_norm_and_forward_run_on_the_meta_device():
+    """A shape-only dry run (benchmarks/bench_forward.py --dry-run) must not trip over autocast on meta."""
+    from conftest import tiny_config
+
+    with torch.device("meta"):
+        model = GenjoModelLM(tiny_config()).eval()
+        ids = torch.zeros(2, 7, dtype=torch.long)
+    out = model(ids, use_cache=True)
+    assert out.logits.shape == (2, 7, 64) and out.logits.device.type == "meta"
+    assert out.past_key_values[0][0].shape == (2, 2, 7, 8)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,12 @@ def curve(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "learning_curve.jsonl").read_text().splitlines()]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_stage(stage: str, run_dir: Path, extra: list[str], processes: int = 1) -> None:
     args = ["-m", "genjo.train", stage, "--run-dir", str(run_dir), *TINY, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -30,7 +37,7 @@ def run_stage(stage: str, run_dir: Path, extra: list[str], processes: int = 1) -
         env["ACCELERATE_USE_CPU"] = "true"
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                    str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", "29531", *args]  # fmt: skip
+                   "--main_process_port", str(free_port()), *args]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     if processes > 1:
@@ -100,3 +107,35 @@ def test_data_are_a_function_of_seed_and_step():
     c, _ = sft_batch(args, tokenizer, step=6)
     assert not torch.equal(a[:, : c.shape[1]], c[:, : a.shape[1]])
     assert train is not None
+
+
+def test_every_flag_says_what_it_does_and_its_default():
+    from genjo.train import build_parser
+
+    actions = [a for a in build_parser()._actions if a.option_strings and a.dest != "help"]
+    assert len(actions) > 40
+    for action in actions:
+        assert action.help and "default" in action.help and len(action.help) > 30, action.option_strings
+    assert build_parser().parse_args(["pretrain", "--seq-length", "7"]).seq_len == 7
+
+
+def test_recipe_writes_into_the_run_folder_unless_asked_to_replace_the_shipped_models(monkeypatch):
+    import genjo.train as train_module
+
+    exports = []
+    monkeypatch.setattr(train_module, "train", lambda args: exports.append(args.export) or "prev")
+    train_module.main(["recipe", "--run-dir", "runs/x"])
+    assert [e for e in exports if e] == ["runs/x/genjo-tiny-base", "runs/x/genjo-tiny-instruct"]
+    exports.clear()
+    train_module.main(["recipe", "--replace-shipped"])
+    shipped = ROOT / "genjo" / "checkpoints"
+    assert [e for e in exports if e] == [f"{shipped}/genjo-tiny-base", f"{shipped}/genjo-tiny-instruct"]
+
+
+def test_a_schedule_shorter_than_its_warm_up_warns():
+    from genjo.train import check_args
+
+    with pytest.warns(UserWarning, match=r"--steps \(10\) is shorter than --warmup-steps \(50\)"):
+        check_args(TrainArgs(steps=10, warmup_steps=50))
+    with pytest.raises(ValueError, match="divisible by the number of processes"):
+        check_args(TrainArgs(batch_size=6, grad_accum=4))

@@ -6,33 +6,40 @@
 """
 
 import argparse
+import os
 
 import torch
 
 from generate import REMASKING
-from genjo.loading import add_model_arguments, load_from_args
+from genjo.loading import add_model_arguments, load_from_args, sampler_defaults
 from visualization.trajectory import record_generation, write_sample_process
 
 
 def main(argv=None) -> None:
     parser = add_model_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--question", default="Reverse: alpha bravo charlie delta", help="the user message")
-    parser.add_argument("--out", required=True, help="trajectory JSON to write")
-    parser.add_argument("--log", default=None, help="also write the SPEC §8 sample_process.txt log here")
+    parser.add_argument(
+        "--question", default="Reverse: alpha bravo charlie delta", help="the user message (default: %(default)r)"
+    )
+    parser.add_argument("--out", required=True, help="trajectory JSON to write (required)")
+    parser.add_argument(
+        "--log", default=None, help="also write the step log (one line of *token& per step) here (default: none)"
+    )
     parser.add_argument("--gen-length", type=int, default=None, help="default: the model's sampler_defaults or 64")
     parser.add_argument("--steps", type=int, default=None, help="default: the model's sampler_defaults or gen_length")
     parser.add_argument(
         "--block-length", type=int, default=None, help="default: the model's sampler_defaults or gen_length"
     )
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale")
-    parser.add_argument("--remasking", choices=REMASKING, default="low_confidence")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default: %(default)s)")
+    parser.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale (default: %(default)s)")
+    parser.add_argument(
+        "--remasking", choices=REMASKING, default="low_confidence", help="remasking rule (default: %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="torch seed (default: %(default)s)")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
     model, tokenizer = load_from_args(args)
-    defaults = getattr(model.config, "sampler_defaults", None) or {}
+    defaults = sampler_defaults(model)
     gen_length = args.gen_length or defaults.get("gen_length", 64)
     kwargs = dict(
         gen_length=gen_length,
@@ -43,7 +50,10 @@ def main(argv=None) -> None:
         remasking=args.remasking,
     )
     trajectory = record_generation(model, tokenizer, args.question, **kwargs)
-    trajectory.settings["model"] = args.model
+    # A checkpoint folder is recorded by its name, not by a path of the machine that made the picture.
+    trajectory.settings["model"] = (
+        os.path.basename(os.path.normpath(args.model)) if os.path.isdir(args.model) else args.model
+    )
     trajectory.to_json(args.out)
     if args.log:
         write_sample_process(trajectory, args.log)

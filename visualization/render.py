@@ -19,17 +19,25 @@ def load(path: str) -> Trajectory:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trajectory", help="JSON from visualization.record, or a sample_process.txt log")
-    parser.add_argument("--style", choices=STYLES, default="box", help="box (paper) or text (article)")
-    parser.add_argument("--html", help="write a self-contained HTML page here")
-    parser.add_argument("--grid", help="write a PNG grid of --grid-steps here")
+    parser.add_argument(
+        "--style", choices=STYLES, default="box", help="box (paper) or text (article) (default: %(default)s)"
+    )
+    parser.add_argument("--html", help="write a self-contained HTML page here (default: none)")
+    parser.add_argument("--grid", help="write a PNG grid of --grid-steps here (default: none)")
     parser.add_argument("--grid-steps", type=int, nargs="+", help="steps in the grid (default: 6 evenly spaced)")
-    parser.add_argument("--grid-columns", type=int, default=3)
-    parser.add_argument("--grid-scale", type=float, default=0.5, help="size of each grid frame (1 = full)")
-    parser.add_argument("--gif", help="write an animated GIF of every step here")
-    parser.add_argument("--frame-ms", type=int, default=150, help="GIF: duration of each frame")
-    parser.add_argument("--hold-ms", type=int, default=2000, help="GIF: duration of the final frame")
-    parser.add_argument("--gif-scale", type=float, default=0.6, help="GIF: size of the frames (1 = full)")
-    parser.add_argument("--frames-dir", help="write every frame as step_XXX.png into this folder")
+    parser.add_argument("--grid-columns", type=int, default=3, help="frames per grid row (default: %(default)s)")
+    parser.add_argument(
+        "--grid-scale", type=float, default=0.5, help="size of each grid frame, 1 = full (default: %(default)s)"
+    )
+    parser.add_argument("--gif", help="write an animated GIF of every step here (default: none)")
+    parser.add_argument("--frame-ms", type=int, default=150, help="GIF: duration of each frame (default: %(default)s)")
+    parser.add_argument(
+        "--hold-ms", type=int, default=2000, help="GIF: duration of the final frame (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--gif-scale", type=float, default=0.6, help="GIF: size of the frames, 1 = full (default: %(default)s)"
+    )
+    parser.add_argument("--frames-dir", help="write every frame as step_XXX.png into this folder (default: none)")
     args = parser.parse_args(argv)
     if not any([args.html, args.grid, args.gif, args.frames_dir]):
         parser.error("nothing to do: give at least one of --html, --grid, --gif, --frames-dir.")

@@ -1,10 +1,12 @@
-"""Draw a recorded trajectory in the two styles of SPEC §8, with Pillow (no browser needed).
+"""Draw a recorded trajectory in two styles, with Pillow (no browser needed).
 
-- ``box``: the paper's style. Every answer position is a rounded box; masks read "Mask" on a pale
+- ``box``: the paper's style. Every answer position is a rounded box; masks read "Mask" on a grey
   background, revealed tokens get a background from an 8-stop blue gradient by the step that revealed
-  them; a title "Generation Step k" and a legend of the colours at steps 0, 1/4, 1/2, 3/4 and 1 x N.
-- ``text``: the article's style. The answer is flowing text whose colour darkens with the reveal step;
-  masks take no room (zero-width), so the text grows as it is revealed; no title or legend.
+  them (index ``min(step * 6 // N, 6)``, blended half-way to the next stop on odd steps); a title
+  "Generation Step k" and a legend: the mask, then the colours of steps 1, N/4, N/2, 3N/4 and N.
+- ``text``: the article's style. The answer is flowing text whose colour darkens with the reveal step
+  (index ``min(int(step^0.7 / N^0.7 * 6), 6)`` of 7 stops); each mask is a small grey block in the flow;
+  end-of-text tokens take no room, so the trailing blocks vanish as they are revealed; no title or legend.
 
 Outputs: one frame as an image (1200x800 box, 1200x500 text), a grid PNG of selected steps, an animated
 GIF of every step, and a self-contained HTML page with a step slider.
@@ -20,8 +22,9 @@ from .trajectory import Trajectory
 
 STYLES = ("box", "text")
 SIZES = {"box": (1200, 800), "text": (1200, 500)}
-MASK_BACKGROUND = "#f8fafc"
-MASK_TEXT = "#94a3b8"
+MASK_BACKGROUND = "#EFE5CF"  # warm sand: no shade of the blue step gradient comes near it
+MASK_TEXT = "#7C6F57"
+TEXT_MASK = "#D4D4D8"  # the text style's mask blocks (grey, apart from the blue text)
 BORDER = "#cbd5e1"
 
 
@@ -136,16 +139,20 @@ def _draw_boxes(draw: ImageDraw.ImageDraw, trajectory: Trajectory, step: int, si
         draw.rounded_rectangle((x, y, x + box_w, y + box_h), radius=box_h // 4, fill=fill, outline=BORDER)
         draw.text((x + box_w / 2, y + box_h / 2), _fit(draw, label, label_font, box_w - 8), fill=ink,
                   font=label_font, anchor="mm")  # fmt: skip
-    # Legend: the colours of steps 0, N/4, N/2, 3N/4 and N.
-    marks = [round(num_steps * q / 4) for q in range(5)]
+    # Legend: the mask, then the colours of steps 1, N/4, N/2, 3N/4 and N.
+    entries = [("Mask", MASK_BACKGROUND)] + [(f"Step {m}", box_colour(m, num_steps)) for m in legend_steps(num_steps)]
     swatch, y = 28, height - margin - legend_h / 2
-    entry_w = 170
-    x = (width - entry_w * len(marks)) / 2
-    for mark in marks:
-        draw.rounded_rectangle((x, y - swatch / 2, x + swatch, y + swatch / 2), radius=5,
-                               fill=box_colour(mark, num_steps), outline=BORDER)  # fmt: skip
-        draw.text((x + swatch + 8, y), f"Step {mark}", fill="#334155", font=font(18), anchor="lm")
+    entry_w = 160
+    x = (width - entry_w * len(entries)) / 2
+    for label, colour in entries:
+        draw.rounded_rectangle((x, y - swatch / 2, x + swatch, y + swatch / 2), radius=5, fill=colour, outline=BORDER)
+        draw.text((x + swatch + 8, y), label, fill="#334155", font=font(18), anchor="lm")
         x += entry_w
+
+
+def legend_steps(num_steps: int) -> list[int]:
+    """The steps the legend shows: 1 (the first that reveals anything), N/4, N/2, 3N/4 and N."""
+    return sorted({max(1, round(num_steps * q / 4)) for q in range(5)})
 
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, text_font, max_width: float) -> str:
@@ -164,9 +171,17 @@ def _draw_text(draw: ImageDraw.ImageDraw, trajectory: Trajectory, step: int, siz
     line_h = 44
     x, y = margin, margin
     shown = trajectory.revealed(step)
+    block_w, block_h = 16, 26
     for pos in range(trajectory.gen_length):
-        if not shown[pos]:
-            continue  # masks are zero-width
+        if not shown[pos]:  # a mask: a grey block in the flow
+            if x + block_w > width - margin:
+                x, y = margin, y + line_h
+            if y + line_h > height - margin / 2:
+                return
+            top = y + (line_h - block_h) / 2 - 4
+            draw.rounded_rectangle((x + 2, top, x + block_w, top + block_h), radius=3, fill=TEXT_MASK)
+            x += block_w + 2
+            continue
         colour = text_colour(trajectory.reveal_step[pos], trajectory.num_steps)
         for i, piece in enumerate(flow_text(trajectory.texts[pos]).split("\n")):
             if i:
@@ -223,13 +238,40 @@ def save_gif(trajectory: Trajectory, path: str, style: str = "box", frame_ms: in
     w, h = SIZES[style]
     size = (int(w * scale), int(h * scale))
     frames = [render_frame(trajectory, k, style).resize(size, Image.LANCZOS) for k in range(trajectory.num_steps + 1)]
-    frames = [f.quantize(colors=64, method=Image.Quantize.MEDIANCUT) for f in frames]
+    palette = _gif_palette(frames, trajectory.num_steps, style)
+    frames = [f.quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
     durations = [frame_ms] * (len(frames) - 1) + [max(hold_ms, frame_ms)]
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0, optimize=True)
 
 
+def _gif_palette(frames: list[Image.Image], num_steps: int, style: str) -> Image.Image:
+    """One 256-colour palette for every frame, so a colour means the same step in each of them: the exact
+    colours the pictures use (white, masks, every step's shade), so none is lost to a nearby shade where it
+    covers a few pixels only (a legend swatch), then the most common others (anti-aliasing, text)."""
+    if style == "box":
+        steps = [box_colour(k, num_steps) for k in range(num_steps + 1)]
+        colours = ["#FFFFFF", MASK_BACKGROUND, MASK_TEXT, BORDER] + steps
+    else:
+        colours = ["#FFFFFF", TEXT_MASK] + TEXT_STOPS
+    exact = list(dict.fromkeys(_hex(c) for c in colours))
+    w, h = frames[0].size
+    picked = frames[:: max(1, len(frames) // 8)] + [frames[-1]]
+    sheet = Image.new("RGB", (w * len(picked), h))
+    for i, frame in enumerate(picked):
+        sheet.paste(frame, (i * w, 0))
+    found = sheet.quantize(colors=256 - len(exact), method=Image.Quantize.MEDIANCUT).getpalette()
+    # Pillow maps each pixel to the palette colour nearest to its bin of 4 levels per channel, not to the
+    # pixel itself: a near twin of an exact colour could take its pixels, so the twins are left out.
+    others = [tuple(found[i : i + 3]) for i in range(0, len(found), 3)]
+    others = [rgb for rgb in others if all(max(abs(a - b) for a, b in zip(rgb, e)) > 6 for e in exact)]
+    palette = Image.new("P", (1, 1))
+    palette.putpalette([c for rgb in exact + others[: 256 - len(exact)] for c in rgb])
+    return palette
+
+
 def render_html(trajectory: Trajectory, style: str = "box") -> str:
-    """A self-contained HTML page: every frame, a step slider and a play button (inline CSS and JS)."""
+    """A self-contained HTML page: one frame per step, shown one at a time, with a step slider and a Play
+    button (inline CSS and JS, no network)."""
     if style not in STYLES:
         raise ValueError(f"style={style!r} is unknown; use one of {', '.join(STYLES)}.")
     n_steps = trajectory.num_steps
@@ -242,22 +284,22 @@ def render_html(trajectory: Trajectory, style: str = "box") -> str:
             if style == "box":
                 if shown[pos]:
                     bg = box_colour(s, n_steps)
-                    spans.append(f'<span class="box" style="background:{bg};color:{_ink_on(bg)}" '
+                    spans.append(f'<span class="tok" style="background:{bg};color:{_ink_on(bg)}" '
                                  f'title="step {s}">{html.escape(box_label(text))}</span>')  # fmt: skip
                 else:
-                    spans.append('<span class="box mask">Mask</span>')
+                    spans.append('<span class="tok mask">Mask</span>')
             elif shown[pos]:
                 body = html.escape(flow_text(text)).replace("\n", "<br>")
                 spans.append(f'<span style="color:{text_colour(s, n_steps)}" title="step {s}">{body}</span>')
             else:
-                spans.append("<span>&#8203;</span>")  # zero-width space
+                spans.append('<span class="mask-block"></span>')
         title = f"<h2>Generation Step {step}</h2>" if style == "box" else ""
-        frames.append(f'<div class="frame {style}" data-step="{step}" hidden>{title}{"".join(spans)}</div>')
+        frames.append(f'<div class="frame frame-{style}" data-step="{step}" hidden>{title}{"".join(spans)}</div>')
     legend = ""
     if style == "box":
-        marks = [round(n_steps * q / 4) for q in range(5)]
-        legend = "".join(f'<span class="box" style="background:{box_colour(m, n_steps)};'
-                         f'color:{_ink_on(box_colour(m, n_steps))}">Step {m}</span>' for m in marks)  # fmt: skip
+        entries = [("Mask", MASK_BACKGROUND)] + [(f"Step {m}", box_colour(m, n_steps)) for m in legend_steps(n_steps)]
+        legend = "".join(f'<span class="tok" style="background:{c};color:{_ink_on(c)}">{label}</span>'
+                         for label, c in entries)  # fmt: skip
         legend = f'<div class="legend">{legend}</div>'
     return HTML_PAGE.format(
         prompt=html.escape(trajectory.prompt),
@@ -265,19 +307,25 @@ def render_html(trajectory: Trajectory, style: str = "box") -> str:
         frames="\n".join(frames),
         legend=legend,
         last=n_steps,
+        mask=MASK_BACKGROUND,
+        mask_text=MASK_TEXT,
     )
 
 
+# Frames are ``div.frame`` and tokens ``span.tok``: the two never share a class, so hiding frames works.
 HTML_PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Genjo denoising: {prompt}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; color: #0f172a; }}
-.frame.box {{ display: flex; flex-wrap: wrap; gap: 10px; }}
-.frame.box h2 {{ width: 100%; text-align: center; }}
-.frame.text {{ font-size: 28px; line-height: 1.5; white-space: pre-wrap; }}
-.box {{ display: inline-flex; align-items: center; justify-content: center; width: 120px; height: 50px;
+.frame[hidden] {{ display: none !important; }}
+.frame-box {{ display: flex; flex-wrap: wrap; gap: 10px; }}
+.frame-box h2 {{ width: 100%; text-align: center; }}
+.frame-text {{ font-size: 28px; line-height: 1.5; white-space: pre-wrap; }}
+.tok {{ display: inline-flex; align-items: center; justify-content: center; width: 120px; height: 50px;
         border-radius: 12px; border: 1px solid #cbd5e1; overflow: hidden; }}
-.mask {{ background: #f8fafc; color: #94a3b8; }}
+.mask {{ background: {mask}; color: {mask_text}; }}
+.mask-block {{ display: inline-block; width: 14px; height: 0.9em; margin: 0 2px; border-radius: 3px;
+               background: {mask}; vertical-align: -0.1em; }}
 .legend {{ display: flex; gap: 10px; margin-top: 1.5em; }}
 .controls {{ margin: 1em 0; display: flex; gap: 1em; align-items: center; }}
 </style></head><body>
@@ -288,11 +336,12 @@ body {{ font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto;
 {legend}
 <script>
 const frames = document.querySelectorAll('.frame'), slider = document.getElementById('step');
+let timer = null;
 function show(k) {{ frames.forEach(f => f.hidden = +f.dataset.step !== k);
   slider.value = k; document.getElementById('label').textContent = 'step ' + k + ' / {last}'; }}
-slider.oninput = () => show(+slider.value);
-document.getElementById('play').onclick = () => {{ let k = 0; show(0);
-  const t = setInterval(() => {{ if (++k > {last}) clearInterval(t); else show(k); }}, 150); }};
+slider.oninput = () => {{ clearInterval(timer); show(+slider.value); }};
+document.getElementById('play').onclick = () => {{ clearInterval(timer); let k = 0; show(0);
+  timer = setInterval(() => {{ if (++k > {last}) clearInterval(timer); else show(k); }}, 150); }};
 show({last});
 </script></body></html>
 """

@@ -1,4 +1,4 @@
-"""Record a generation step by step, and read/write it as JSON or as the SPEC §8 ``sample_process.txt`` log.
+"""Record a generation step by step, and read/write it as JSON or as a ``sample_process.txt`` log.
 
 A trajectory holds, for each of the ``gen_length`` answer positions, its final token and the global step
 (1..num_steps) at which the sampler revealed it, with the confidence it had then. Frame k of a picture
@@ -64,9 +64,11 @@ def record_generation(model, tokenizer, question: str, **generate_kwargs) -> Tra
 
     generate_kwargs go to generate() (steps, gen_length, block_length, temperature, remasking, ...).
     """
-    messages = [{"role": "user", "content": question}]
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    prompt = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], device=model.device)  # (1, L)
+    from genjo.tokenizer import encode_chat  # here: rendering a saved trajectory needs no transformers
+
+    # The question is plain text: one that spells <|eot_id|> or <|mdm_mask|> stays characters.
+    ids = encode_chat(tokenizer, [{"role": "user", "content": question}], add_generation_prompt=True)
+    prompt = torch.tensor([ids], device=model.device)  # (1, L) int64
     L = prompt.shape[1]
     reveal: dict[int, tuple[int, float]] = {}
     steps_done = 0
@@ -102,7 +104,9 @@ def log_token(text: str) -> str:
 
 
 def write_sample_process(trajectory: Trajectory, path: str) -> None:
-    """The SPEC §8 log: one line per step, ``"{step}, "`` then ``*{token}&`` per answer position."""
+    """The step log: one line per step, ``"{step}, "`` then ``*{token}&`` per answer position, each token
+    decoded alone; a still-masked position is written ``<|mdm_mask|>``; newlines, ``<|eot_id|>`` and
+    ``<|endoftext|>`` are written as a space. Parse it back with read_sample_process()."""
     with open(path, "w", encoding="utf-8") as f:
         for step in range(1, trajectory.num_steps + 1):
             shown = trajectory.revealed(step)

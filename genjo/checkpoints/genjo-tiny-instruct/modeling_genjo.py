@@ -13,14 +13,14 @@ so it depends on nothing but ``torch``, ``transformers`` and ``configuration_gen
 
 import json
 import os
+from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.utils import logging
+from transformers.utils import ModelOutput, logging
 
 from .configuration_genjo import GenjoConfig
 
@@ -36,6 +36,26 @@ class GenjoOutput(NamedTuple):
     hidden_states: Optional[tuple[torch.Tensor, ...]]  # n_layers + 1 tensors of (B, T, D)
 
 
+@dataclass
+class GenjoLMOutput(ModelOutput):
+    """What GenjoModelLM returns: ``logits`` (B, T, V) (or (N, V) under ``logits_mask``), ``cache`` (a
+    KVCache when use_cache, also readable as ``past_key_values``), ``hidden_states``.
+
+    Transformers 5.24 renamed ModelOutput's ``past_key_values`` field to ``cache`` and warns on every
+    construction or read under the old name, so Genjo stores its list of (K, V) under ``cache`` and
+    serves ``past_key_values`` itself: the same object, no warning, on every transformers 5 release.
+    """
+
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    cache: Optional[KVCache] = None
+    hidden_states: Optional[tuple[torch.Tensor, ...]] = None
+
+    @property
+    def past_key_values(self) -> Optional[KVCache]:
+        return self.cache
+
+
 class RMSNorm(nn.Module):
     """x * rsqrt(mean(x^2) + eps), computed in fp32, cast back, then scaled by the weight."""
 
@@ -45,9 +65,14 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.amp.is_autocast_available(x.device.type):  # the meta device (shape-only dry runs)
+            return self._normalize(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x32 = x.float()
-            x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+            return self._normalize(x)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
 
 
@@ -310,7 +335,7 @@ class GenjoModel(nn.Module):
         if hidden_states is not None:
             hidden_states.append(x)
         if logits_mask is not None and last_output_mask is None:
-            x = x[logits_mask]  # (N, D)
+            x = x[logits_mask.to(x.device)]  # (N, D); under a device_map the last block may sit elsewhere
         logits = self.lm_head(x)
         return GenjoOutput(logits, presents, tuple(hidden_states) if hidden_states is not None else None)
 
@@ -350,6 +375,10 @@ class GenjoPreTrainedModel(PreTrainedModel):
     config_class = GenjoConfig
     base_model_prefix = "model"
     _no_split_modules = ["GenjoBlock"]
+    # Under a device_map, accelerate moves a module's inputs to its device and its outputs back to the
+    # input's device; each layer's cache lives on its block's device and the dual cache is updated in
+    # place, so neither the cache argument nor the output's cache may be copied.
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
     supports_gradient_checkpointing = False
 
@@ -413,7 +442,7 @@ class GenjoModelLM(GenjoPreTrainedModel):
         logits_mask: Optional[torch.BoolTensor] = None,
         **kwargs,
     ):
-        """See :meth:`GenjoModel.forward`. Returns CausalLMOutputWithPast(logits (B, T, V), ...)."""
+        """See :meth:`GenjoModel.forward`. Returns GenjoLMOutput(logits (B, T, V), cache, hidden_states)."""
         if output_attentions:
             raise ValueError("output_attentions=True is not supported: attention runs in fused SDPA kernels.")
         if labels is not None:
@@ -437,9 +466,7 @@ class GenjoModelLM(GenjoPreTrainedModel):
         )
         if not return_dict:
             return tuple(v for v in (outputs.logits, outputs.attn_key_values, outputs.hidden_states) if v is not None)
-        return CausalLMOutputWithPast(
-            logits=outputs.logits, past_key_values=outputs.attn_key_values, hidden_states=outputs.hidden_states
-        )
+        return GenjoLMOutput(logits=outputs.logits, cache=outputs.attn_key_values, hidden_states=outputs.hidden_states)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -497,4 +524,4 @@ class GenjoModelLM(GenjoPreTrainedModel):
 GenjoConfig.register_for_auto_class()
 GenjoModelLM.register_for_auto_class("AutoModel")
 
-__all__ = ["GenjoConfig", "GenjoModel", "GenjoModelLM", "GenjoOutput", "GenjoPreTrainedModel"]
+__all__ = ["GenjoConfig", "GenjoLMOutput", "GenjoModel", "GenjoModelLM", "GenjoOutput", "GenjoPreTrainedModel"]

@@ -1,0 +1,46 @@
+"""Re-save a published checkpoint folder as a Genjo folder: the same weights, Genjo's config, its
+modeling code and an ``auto_map``, and the tokenizer, so that plain transformers loads the result.
+
+    python -m genjo.convert SRC DST            # SRC: a published folder or hub id; DST: a new folder
+    AutoModel.from_pretrained(DST, trust_remote_code=True)   # then works, with Genjo's code
+
+The weights keep their names and values (the published names are Genjo's); ``--dtype`` keeps the
+stored precision by default.
+"""
+
+import argparse
+import os
+
+import torch
+
+
+def convert(src: str, dst: str, dtype: str = "auto", max_shard_size: str = "5GB") -> None:
+    """Load src with :func:`genjo.loading.load_model` on the CPU and save it to dst (a new or empty folder)."""
+    from .loading import load_config, load_tokenizer
+    from .modeling_genjo import GenjoModelLM
+
+    if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
+        raise FileExistsError(f"{dst} already exists and is not an empty folder; choose a new destination.")
+    if dtype not in ("auto", "bfloat16", "float16", "float32"):
+        raise ValueError(f"dtype={dtype!r} is unknown; use auto (the stored one), bfloat16, float16 or float32.")
+    config = load_config(src)
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    model = GenjoModelLM.from_pretrained(src, config=config, dtype=torch_dtype)
+    model.save_pretrained(dst, max_shard_size=max_shard_size)
+    load_tokenizer(src, config).save_pretrained(dst)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("src", help="published (or Genjo) checkpoint folder, or hub id")
+    parser.add_argument("dst", help="new folder to write")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                        help="weights dtype of the copy (default: the stored one)")  # fmt: skip
+    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default: %(default)s)")
+    args = parser.parse_args()
+    convert(args.src, args.dst, args.dtype, args.max_shard_size)
+    print(f"wrote {args.dst}: load it with genjo.load_model or AutoModel.from_pretrained(..., trust_remote_code=True)")
+
+
+if __name__ == "__main__":
+    main()

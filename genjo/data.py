@@ -1,0 +1,251 @@
+"""Training data from JSON-lines files, read as resumable streams.
+
+Pre-training files hold one document per line, ``{"text": "..."}``; SFT files hold one conversation per
+line, ``{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}, ...]}``.
+
+Files are read line by line (a file larger than memory trains) and loop epoch after epoch. The position
+in the stream (file, byte offset, shuffle buffer, token carry-over) is a small ``state_dict()`` of plain
+Python values, saved with each checkpoint so that ``--resume`` continues with exactly the next batch.
+
+A line is held out of training when the SHA-256 of its bytes falls below ``eval_fraction``: a pure
+function of the line, so the split never changes between runs, machines or numbers of processes.
+"""
+
+import glob
+import hashlib
+import json
+import os
+import random
+from collections.abc import Callable
+from typing import Optional
+
+# Prompt + answer pairs: (prompt ids, answer ids ending with the end-of-turn token).
+Pair = tuple[list[int], list[int]]
+
+
+def data_files(pattern: str) -> list[str]:
+    """The files of a path or glob pattern (sorted), or a ValueError naming the pattern."""
+    files = sorted(glob.glob(os.path.expanduser(pattern))) if glob.has_magic(pattern) else [pattern]
+    files = [f for f in files if os.path.isfile(f)]
+    if not files:
+        raise ValueError(f"No data file matches {pattern!r}; pass a .jsonl file or a glob such as 'data/*.jsonl'.")
+    return files
+
+
+def is_held_out(line: bytes, fraction: float) -> bool:
+    """True for about `fraction` of all lines, chosen by the SHA-256 of the (stripped) line."""
+    if fraction <= 0:
+        return False
+    return int.from_bytes(hashlib.sha256(line).digest()[:8], "big") / 2**64 < fraction
+
+
+class JsonlStream:
+    """Records (dicts) of JSON-lines files in order, with an optional shuffle buffer; endless when `loop`.
+
+    Each record must hold `key` (``"text"``: a string; ``"messages"``: a list of messages). `keep(line)`
+    filters raw lines (the train / held-out split). Yields (record, location), location = "path:line";
+    ``last_epoch`` is the epoch (pass over the files) of the record yielded last.
+    """
+
+    def __init__(
+        self,
+        files: list[str],
+        key: str,
+        keep: Optional[Callable[[bytes], bool]] = None,
+        loop: bool = True,
+        shuffle_buffer: int = 0,
+        seed: int = 0,
+    ):
+        self.files, self.key, self.keep, self.loop = files, key, keep, loop
+        self.shuffle_buffer = shuffle_buffer
+        self.epoch, self.file_index, self.offset, self.line_no = 0, 0, 0, 0
+        self.buffer: list[list] = []  # [record, location, epoch] waiting in the shuffle buffer
+        self.last_epoch = 0
+        self.rng = random.Random(f"shuffle:{seed}")
+        self._handle = None
+        self._kept_this_epoch = 0
+
+    def state_dict(self) -> dict:
+        return dict(epoch=self.epoch, file_index=self.file_index, offset=self.offset, line_no=self.line_no,
+                    buffer=[list(b) for b in self.buffer], rng=self.rng.getstate(),
+                    kept_this_epoch=self._kept_this_epoch)  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self._close()
+        self.epoch, self.file_index = state["epoch"], state["file_index"]
+        self.offset, self.line_no = state["offset"], state["line_no"]
+        self.buffer = [list(b) for b in state["buffer"]]
+        self.rng.setstate(_as_tuples(state["rng"]))
+        self._kept_this_epoch = state["kept_this_epoch"]
+
+    def _close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def _read(self) -> Optional[list]:
+        """The next kept record of the files in order, or None at the end (when not looping)."""
+        while True:
+            if self.file_index == len(self.files):
+                if not self.loop:
+                    return None
+                if self._kept_this_epoch == 0:
+                    raise ValueError(f"No training records in {self.files} (every line is empty or held out).")
+                self.epoch, self.file_index, self.offset, self.line_no = self.epoch + 1, 0, 0, 0
+                self._kept_this_epoch = 0
+            path = self.files[self.file_index]
+            if self._handle is None:
+                self._handle = open(path, "rb")
+                self._handle.seek(self.offset)
+            raw = self._handle.readline()
+            if not raw:
+                self._close()
+                self.file_index, self.offset, self.line_no = self.file_index + 1, 0, 0
+                continue
+            self.offset += len(raw)
+            self.line_no += 1
+            line = raw.strip()
+            if not line or (self.keep is not None and not self.keep(line)):
+                continue
+            location = f"{path}:{self.line_no}"
+            self._kept_this_epoch += 1
+            return [self._parse(line, location), location, self.epoch]
+
+    def _parse(self, line: bytes, location: str) -> dict:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{location}: not a JSON line ({error}).") from None
+        value = record.get(self.key) if isinstance(record, dict) else None
+        wanted = str if self.key == "text" else list
+        if not isinstance(value, wanted):
+            example = '{"text": "..."}' if self.key == "text" else '{"messages": [{"role": ..., "content": ...}]}'
+            raise ValueError(f"{location}: each line must be an object like {example}; got {line[:80]!r}.")
+        return record
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[dict, str]:
+        while len(self.buffer) < max(1, self.shuffle_buffer):
+            item = self._read()
+            if item is None:
+                break
+            self.buffer.append(item)
+        if not self.buffer:
+            raise StopIteration
+        i = self.rng.randrange(len(self.buffer)) if self.shuffle_buffer > 1 else 0
+        self.buffer[i], self.buffer[-1] = self.buffer[-1], self.buffer[i]
+        record, location, self.last_epoch = self.buffer.pop()
+        return record, location
+
+
+def _as_tuples(value):
+    """random.Random.setstate wants tuples; a saved state may come back with lists."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+class PackedRows:
+    """Rows of `length` tokens cut from documents joined by EOS (a row may start mid-document)."""
+
+    def __init__(self, records: JsonlStream, tokenizer, length: int):
+        self.records, self.tokenizer, self.length = records, tokenizer, length
+        self.carry: list[int] = []  # tokens read but not yet in a row
+
+    def state_dict(self) -> dict:
+        return dict(records=self.records.state_dict(), carry=list(self.carry))
+
+    def load_state_dict(self, state: dict) -> None:
+        self.records.load_state_dict(state["records"])
+        self.carry = list(state["carry"])
+
+    def rows(self, n: int) -> list[list[int]]:
+        """The next n rows (fewer if a non-looping stream ends)."""
+        out = []
+        eos = self.tokenizer.eos_token_id
+        while len(out) < n:
+            while len(self.carry) < self.length:
+                try:
+                    record, _ = next(self.records)
+                except StopIteration:
+                    return out
+                self.carry += self.tokenizer(record["text"], add_special_tokens=False)["input_ids"] + [eos]
+            out.append(self.carry[: self.length])
+            self.carry = self.carry[self.length :]
+        return out
+
+
+def conversation_pairs(tokenizer, messages: list, location: str = "messages") -> list[Pair]:
+    """Every assistant turn of a conversation as a single-turn pair (paper, SFT data).
+
+    A dialogue (p0, r0, p1, r1, ...) gives (p0, r0), (p0 r0 p1, r1), ...: the prompt is the chat template
+    of all earlier turns plus the assistant header; the answer is the turn's content and the template's
+    end-of-turn token. Returns [(prompt ids, answer ids)] (int lists), in order.
+    """
+    for m in messages:
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise ValueError(f"{location}: every message needs a string 'role' and 'content'; got {m!r:.80}.")
+    pairs = []
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(messages[:k], add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(messages[: k + 1], tokenize=False)
+        if not full.startswith(prompt):
+            raise ValueError(f"{location}: the tokenizer's chat template does not render the prompt as a prefix "
+                             "of prompt + answer; SFT needs such a template.")  # fmt: skip
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+        pairs.append((prompt_ids, answer_ids))
+    if not pairs:
+        raise ValueError(f"{location}: a conversation needs at least one assistant message.")
+    return pairs
+
+
+class ChatPairs:
+    """(prompt, answer) pairs of the conversations of a stream.
+
+    turns="all" yields every assistant turn of each conversation; "sample" one of them, drawn anew each
+    epoch (the paper's treatment of multi-turn dialogue). Pairs longer than `max_len` tokens are skipped.
+    """
+
+    def __init__(self, records: JsonlStream, tokenizer, max_len: int, turns: str = "sample", seed: int = 0):
+        if turns not in ("all", "sample"):
+            raise ValueError(f"sft_turns must be 'all' or 'sample', not {turns!r}.")
+        self.records, self.tokenizer, self.max_len, self.turns, self.seed = records, tokenizer, max_len, turns, seed
+        self.pending: list[Pair] = []
+        self.skipped = 0  # pairs longer than max_len
+
+    def state_dict(self) -> dict:
+        return dict(records=self.records.state_dict(), pending=[list(map(list, p)) for p in self.pending],
+                    skipped=self.skipped)  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self.records.load_state_dict(state["records"])
+        self.pending = [(list(p), list(a)) for p, a in state["pending"]]
+        self.skipped = state["skipped"]
+
+    def pairs(self, n: int) -> list[Pair]:
+        """The next n pairs (fewer if a non-looping stream ends)."""
+        out: list[Pair] = []
+        skipped_in_a_row = 0
+        while len(out) < n:
+            if not self.pending:
+                try:
+                    record, location = next(self.records)
+                except StopIteration:
+                    return out
+                pairs = conversation_pairs(self.tokenizer, record["messages"], location)
+                fitting = [p for p in pairs if len(p[0]) + len(p[1]) <= self.max_len]
+                self.skipped += len(pairs) - len(fitting)
+                skipped_in_a_row = 0 if fitting else skipped_in_a_row + 1
+                if skipped_in_a_row > 1000:
+                    raise ValueError(f"Conversations are longer than sft_max_len ({self.max_len} tokens); "
+                                     "raise --sft-max-len.")  # fmt: skip
+                if self.turns == "sample" and fitting:
+                    rng = random.Random(f"{self.seed}:{location}:{self.records.last_epoch}")
+                    fitting = [rng.choice(fitting)]
+                self.pending = fitting
+                continue
+            out.append(self.pending.pop(0))
+        return out
