@@ -158,12 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--forward-template",
         default=None,
-        help="forward question with {text} for the first line (overrides --prompt-format's)",
+        help="forward question with {text} for the first line (default: --prompt-format's)",
     )
     parser.add_argument(
         "--reverse-template",
         default=None,
-        help="reversal question with {text} for the second line (overrides --prompt-format's)",
+        help="reversal question with {text} for the second line (default: --prompt-format's)",
     )
     parser.add_argument(
         "--extra-prompt",
@@ -202,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--confidence-eos-eot-inf", action="store_true", help="commit EOS and EoT last")
     parser.add_argument("--batch-size", type=int, default=8, help="questions per generate() call (default: 8)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs (default: all)")
-    parser.add_argument("--output", default=None, help="write every question, output and verdict to this JSONL")
+    parser.add_argument(
+        "--output", default=None, help="write every question, output and verdict to this JSONL (default: none)"
+    )
     return parser
 
 

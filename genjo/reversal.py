@@ -356,21 +356,40 @@ def plot(records: list[dict], out_png: str, chance: Optional[float] = None) -> N
 def main(argv=None) -> None:
     defaults = ExperimentArgs()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds), help="training seeds")
-    parser.add_argument("--people", type=int, default=defaults.people, help="facts, half of them test facts")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="training steps of each model")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="rows (sentences) per step")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
-    parser.add_argument("--d-model", type=int, default=defaults.d_model)
-    parser.add_argument("--n-layers", type=int, default=defaults.n_layers)
-    parser.add_argument("--n-heads", type=int, default=defaults.n_heads)
-    parser.add_argument("--mlp-hidden-size", type=int, default=defaults.mlp_hidden_size)
-    parser.add_argument("--out-json", default="runs/reversal/results.json", help="per-seed accuracies")
-    parser.add_argument("--plot", default="imgs/reversal.png", help="bar chart of the results ('' for none)")
-    parser.add_argument("--work-dir", default=None, help="keep the trained models here (default: a temp dir)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=list(defaults.seeds), help="training seeds (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--people", type=int, default=defaults.people, help="facts, half of them test facts (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=defaults.steps, help="training steps of each model (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="rows (sentences) per step (default: %(default)s)"
+    )
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default: %(default)s)")
+    parser.add_argument("--d-model", type=int, default=defaults.d_model, help="hidden size (default: %(default)s)")
+    parser.add_argument("--n-layers", type=int, default=defaults.n_layers, help="blocks (default: %(default)s)")
+    parser.add_argument("--n-heads", type=int, default=defaults.n_heads, help="attention heads (default: %(default)s)")
+    parser.add_argument(
+        "--mlp-hidden-size",
+        type=int,
+        default=defaults.mlp_hidden_size,
+        help="SwiGLU hidden size (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out-json",
+        default="runs/reversal/results.json",
+        help="per-seed accuracies ('' for none; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--plot", default="imgs/reversal.png", help="bar chart of the results ('' for none; default: %(default)s)"
+    )
+    parser.add_argument("--work-dir", default=None, help="keep the trained models here (default: a temporary folder)")
     parser.add_argument("--report", nargs="+", default=None, metavar="RESULTS_JSON",
                         help="train nothing: merge these --out-json files (e.g. seeds run in parallel) into the "
-                             "table and the plot")  # fmt: skip
+                             "table and the plot (default: train)")  # fmt: skip
     ns = parser.parse_args(argv)
     if ns.report:
         saved = [json.loads(Path(path).read_text()) for path in ns.report]
