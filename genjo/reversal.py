@@ -114,11 +114,17 @@ def questions(facts: list[Fact], direction: str) -> list[tuple[str, str]]:
 
 
 def check_no_leak(facts: list[Fact]) -> None:
-    """Raise ValueError if any reverse question about a test fact is part of a training sentence."""
+    """ValueError if a reverse question about a test fact, or any sentence that names a test fact's code
+    word before its name, is part of the training data."""
     sentences = training_sentences(facts)
     for prompt, _ in questions(facts, "reverse"):
         if any(prompt in s for s in sentences):
             raise ValueError(f"the reverse question {prompt!r} is in the training data")
+    for f in facts:
+        if not f.paired:
+            for s in sentences:
+                if f" {f.x}" in s and f" {f.y}" in s and s.index(f" {f.y}") < s.index(f" {f.x}"):
+                    raise ValueError(f"the training sentence {s!r} states a test fact code word first")
 
 
 def build_experiment_tokenizer(n_people: int):
