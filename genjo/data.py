@@ -19,6 +19,8 @@ import random
 from collections.abc import Callable
 from typing import Optional
 
+from .tokenizer import encode_plain
+
 # Prompt + answer pairs: (prompt ids, answer ids ending with the end-of-turn token).
 Pair = tuple[list[int], list[int]]
 
@@ -169,7 +171,7 @@ class PackedRows:
                     record, _ = next(self.records)
                 except StopIteration:
                     return out
-                self.carry += self.tokenizer(record["text"], add_special_tokens=False)["input_ids"] + [eos]
+                self.carry += encode_plain(self.tokenizer, record["text"]) + [eos]  # a spelled <|mdm_mask|> stays text
             out.append(self.carry[: self.length])
             self.carry = self.carry[self.length :]
         return out
