@@ -140,12 +140,15 @@ def constraint_token_ids(tokenizer, constraints: dict[int, str], gen_length: int
     """Answer position -> token id. A word's tokens fill pos, pos+1, ...; after position 0 the word is
     encoded with a leading space (as words inside an answer are).
 
-    Tokens falling past the end of the answer are dropped; later positions overwrite earlier ones.
+    Tokens falling past the end of the answer are dropped; later positions overwrite earlier ones. A word
+    is plain text, like the message: one that spells a special token (``<|mdm_mask|>``) stays characters.
     """
+    from genjo.tokenizer import encode_plain  # here, so that ``import app`` stays cheap
+
     fixed = {}
     for pos, word in sorted(constraints.items()):
         text = word if pos == 0 else " " + word
-        for offset, token in enumerate(tokenizer(text, add_special_tokens=False)["input_ids"]):
+        for offset, token in enumerate(encode_plain(tokenizer, text)):
             if pos + offset < gen_length:
                 fixed[pos + offset] = token
     return fixed

@@ -17,13 +17,12 @@ Offline tasks for the embedded models live in ``eval_tasks/`` (``--include_path 
 See EVAL.md and eval_genjo.sh.
 """
 
-import hashlib
 import logging
 import math
 import os
 import random
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from datetime import timedelta
 from pathlib import Path
 from typing import Optional
@@ -34,6 +33,7 @@ from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
 from generate import CACHES, MASK_ID, REMASKING, GenerationStats, _config_id, generate, token_confidence
+from genjo.batch_generation import derive_seed, seeded
 from genjo.loading import DEFAULT_BASE_MODEL, load_model
 from genjo.tokenizer import chat_pieces, encode_pieces
 from get_log_likelihood import get_log_likelihoods, get_logits
@@ -415,16 +415,11 @@ class GenjoEvalHarness(LM):
 
     def _seed_of(self, *texts: str) -> int:
         """A 63-bit seed from ``seed`` and the texts (SHA-256): the same on every run, process and machine."""
-        digest = hashlib.sha256("\x00".join([str(self.seed), *texts]).encode("utf-8")).digest()
-        return int.from_bytes(digest[:8], "big") % 2**63
+        return derive_seed(self.seed, *texts)
 
-    @contextmanager
     def _seeded(self, *texts: str):
         """Run with the global random state seeded from the texts (restored afterwards)."""
-        devices = [self._device.index or 0] if self._device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self._seed_of(*texts))
-            yield
+        return seeded(self._seed_of(*texts), self._device)
 
     # ------------------------------------------------------------------ speed report
 

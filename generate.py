@@ -426,7 +426,8 @@ def generate(
         else:
             out = forward(kind, inputs, **kwargs)
             logits = out.logits[:, first:last]
-        # Under a device_map the logits come from the last block's device; the canvas stays put.
+        # Under a device_map accelerate returns the logits on the input's device; this keeps them with the canvas
+        # whatever a model does.
         return guided(logits.to(inputs.device)), out
 
     num_blocks = gen_length // block_length

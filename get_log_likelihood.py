@@ -309,6 +309,7 @@ def get_log_likelihoods(
 def main() -> None:
     """Print the estimate for a prompt/answer pair (each tokenized without BOS)."""
     from genjo.loading import DEFAULT_BASE_MODEL, add_model_arguments, load_from_args
+    from genjo.tokenizer import encode_plain
 
     parser = add_model_arguments(argparse.ArgumentParser(description=main.__doc__), default=DEFAULT_BASE_MODEL)
     parser.add_argument("--prompt", default="The capital of France is",
@@ -330,8 +331,8 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     model, tokenizer = load_from_args(args)
-    prompt = torch.tensor(tokenizer(args.prompt, add_special_tokens=False)["input_ids"])
-    answer = torch.tensor(tokenizer(args.answer, add_special_tokens=False)["input_ids"])
+    prompt = torch.tensor(encode_plain(tokenizer, args.prompt))  # typed text: a spelled special token stays text
+    answer = torch.tensor(encode_plain(tokenizer, args.answer))
     ll = get_log_likelihood(model, prompt, answer, mc_num=args.mc_num, batch_size=args.batch_size, cfg_scale=args.cfg)
     print(f"log p({args.answer!r} | {args.prompt!r}) >= {ll:.4f} nats ({answer.numel()} answer tokens)")
 

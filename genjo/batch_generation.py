@@ -37,7 +37,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -123,10 +123,24 @@ def is_stochastic(settings: dict) -> bool:
     return settings.get("temperature", 0.0) > 0 or settings.get("remasking", "low_confidence") == "random"
 
 
+def derive_seed(seed: int, *texts: str) -> int:
+    """A 63-bit seed from a base seed and texts (SHA-256 of them joined by NUL): the same on every run,
+    process and machine. The eval harness seeds a request from its context text, generate.py from its id."""
+    digest = hashlib.sha256("\x00".join([str(seed), *texts]).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % 2**63
+
+
 def request_seed(seed: int, request_id: RequestId) -> int:
     """A 63-bit seed from the run's seed and a request's id: the same on every run, process and machine."""
-    digest = hashlib.sha256(f"{seed}\x00{json.dumps(request_id)}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 2**63
+    return derive_seed(seed, json.dumps(request_id))
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device):
+    """Run with torch's global random state (CPU, and ``device`` when it is a GPU) seeded, restored afterwards."""
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 # ----------------------------------------------------------------------------- requests
@@ -263,13 +277,7 @@ def generate_batch(model, tokenizer, batch: list[Request], settings: dict, seed:
     attention_mask = torch.tensor([[0] * (length - len(r.input_ids)) + [1] * len(r.input_ids) for r in batch],
                                   device=device)  # fmt: skip
     run_stats = GenerationStats()
-    if stochastic:
-        rng = torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
-    else:
-        rng = nullcontext()
-    with rng:
-        if stochastic:
-            torch.manual_seed(request_seed(seed, batch[0].id))
+    with seeded(request_seed(seed, batch[0].id), device) if stochastic else nullcontext():
         out = generate(model, prompt, attention_mask, stats=run_stats, **settings)
     answers = out[:, length:].cpu()
     if stats is not None:

@@ -15,7 +15,7 @@ import torch
 
 
 def convert(src: str, dst: str, dtype: str = "auto", max_shard_size: str = "5GB") -> None:
-    """Load src with :func:`genjo.loading.load_model` on the CPU and save it to dst (a new or empty folder)."""
+    """Load src on the CPU (config read without remote code) and save it to dst (a new or empty folder)."""
     from .loading import load_config, load_tokenizer
     from .modeling_genjo import GenjoModelLM
 
@@ -31,7 +31,9 @@ def convert(src: str, dst: str, dtype: str = "auto", max_shard_size: str = "5GB"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # the docstring's first paragraph (its first line alone stops mid-sentence)
+    description = " ".join(__doc__.split("\n\n")[0].split())
+    parser = argparse.ArgumentParser(prog="python -m genjo.convert", description=description)
     parser.add_argument("src", help="published (or Genjo) checkpoint folder, or hub id")
     parser.add_argument("dst", help="new folder to write")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],

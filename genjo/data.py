@@ -19,6 +19,8 @@ import random
 from collections.abc import Callable
 from typing import Optional
 
+from .tokenizer import encode_plain
+
 # Prompt + answer pairs: (prompt ids, answer ids ending with the end-of-turn token).
 Pair = tuple[list[int], list[int]]
 
@@ -169,7 +171,7 @@ class PackedRows:
                     record, _ = next(self.records)
                 except StopIteration:
                     return out
-                self.carry += self.tokenizer(record["text"], add_special_tokens=False)["input_ids"] + [eos]
+                self.carry += encode_plain(self.tokenizer, record["text"]) + [eos]  # a spelled <|mdm_mask|> stays text
             out.append(self.carry[: self.length])
             self.carry = self.carry[self.length :]
         return out
@@ -180,8 +182,12 @@ def conversation_pairs(tokenizer, messages: list, location: str = "messages") ->
 
     A dialogue (p0, r0, p1, r1, ...) gives (p0, r0), (p0 r0 p1, r1), ...: the prompt is the chat template
     of all earlier turns plus the assistant header; the answer is the turn's content and the template's
-    end-of-turn token. Returns [(prompt ids, answer ids)] (int lists), in order.
+    end-of-turn token. Message contents are plain text, as at inference (``genjo.tokenizer.encode_chat``):
+    a spelled ``<|eot_id|>`` or ``<|mdm_mask|>`` stays characters. Returns [(prompt ids, answer ids)]
+    (int lists), in order.
     """
+    from .tokenizer import chat_pieces, encode_chat, encode_pieces
+
     for m in messages:
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
             raise ValueError(f"{location}: every message needs a string 'role' and 'content'; got {m!r:.80}.")
@@ -194,12 +200,24 @@ def conversation_pairs(tokenizer, messages: list, location: str = "messages") ->
         if not full.startswith(prompt):
             raise ValueError(f"{location}: the tokenizer's chat template does not render the prompt as a prefix "
                              "of prompt + answer; SFT needs such a template.")  # fmt: skip
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
+        prompt_ids = encode_chat(tokenizer, messages[:k], add_generation_prompt=True)
+        answer_ids = encode_pieces(
+            tokenizer, _pieces_from(chat_pieces(tokenizer, messages[: k + 1], False), len(prompt))
+        )
         pairs.append((prompt_ids, answer_ids))
     if not pairs:
         raise ValueError(f"{location}: a conversation needs at least one assistant message.")
     return pairs
+
+
+def _pieces_from(pieces: list[tuple[str, bool]], start: int) -> list[tuple[str, bool]]:
+    """The ``(text, from_template)`` pieces of a rendered chat from character ``start`` on."""
+    out, pos = [], 0
+    for text, template in pieces:
+        if pos + len(text) > start:
+            out.append((text[max(0, start - pos) :], template))
+        pos += len(text)
+    return out
 
 
 class ChatPairs:

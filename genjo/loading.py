@@ -105,7 +105,8 @@ def load_model(
         explicit {module name: device} dict) hands placement to accelerate's big-model loading:
         blocks are spread over the GPUs, then CPU memory, then ``offload_folder`` on disk (within
         ``max_memory``, e.g. {0: "14GiB", "cpu": "30GiB"}), and run where their weights are. The
-        input ids then go on ``model.device``; logits come back on the last block's device.
+        input ids then go on ``model.device``; accelerate returns the logits on the input's device, while
+        each layer's key/value cache stays on its block's device.
     Returns (model, tokenizer), or the model alone when with_tokenizer is False.
     """
     from .modeling_genjo import GenjoModelLM

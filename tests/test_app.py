@@ -129,6 +129,14 @@ def test_constraints_hold_their_slots_and_count_as_prompt_for_cfg(tiny_tokenizer
         enumerate(tiny_tokenizer("Paris", add_special_tokens=False)["input_ids"]))  # fmt: skip
 
 
+def test_a_constraint_word_spelling_a_special_token_stays_text(tiny_tokenizer):
+    """Like the message, a constraint is typed text: <|mdm_mask|> must not plant the mask id in the answer."""
+    mask, eot = (tiny_tokenizer.convert_tokens_to_ids(t) for t in ("<|mdm_mask|>", "<|eot_id|>"))
+    fixed = app.constraint_token_ids(tiny_tokenizer, {0: "<|mdm_mask|>", 20: "<|eot_id|>"}, 64)
+    assert mask not in fixed.values() and eot not in fixed.values()
+    assert tiny_tokenizer.decode([fixed[p] for p in sorted(fixed) if p < 20]) == "<|mdm_mask|>"
+
+
 # gen_length, steps, block_length, constraints, temperature, cfg_scale, remasking, delay
 SETTINGS = (32, 16, 32, "", 0.0, 0.0, "low_confidence", 0.0)
 

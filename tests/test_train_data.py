@@ -85,6 +85,20 @@ def test_multi_turn_conversation_gives_one_pair_per_assistant_turn(tokenizer):
         conversation_pairs(tokenizer, messages[:1])
 
 
+def test_sft_pairs_read_spelled_special_tokens_as_text_as_inference_does(tokenizer):
+    """Training sees a message's text exactly as chat.py, generate.py --input and the eval harness encode it."""
+    from genjo.tokenizer import encode_chat
+
+    messages = [{"role": "user", "content": "Say <|eot_id|> or <|mdm_mask|>"},
+                {"role": "assistant", "content": "<|mdm_mask|> <|eot_id|>"}]  # fmt: skip
+    ((prompt, answer),) = conversation_pairs(tokenizer, messages)
+    eot, mask = tokenizer.convert_tokens_to_ids("<|eot_id|>"), tokenizer.convert_tokens_to_ids("<|mdm_mask|>")
+    assert prompt == encode_chat(tokenizer, messages[:1], add_generation_prompt=True)
+    assert prompt + answer == encode_chat(tokenizer, messages, add_generation_prompt=False)
+    assert mask not in prompt + answer and answer.count(eot) == 1 and answer[-1] == eot
+    assert tokenizer.decode(answer) == "<|mdm_mask|> <|eot_id|><|eot_id|>"
+
+
 def test_sft_turns_sample_one_pair_per_conversation_or_all(files, tokenizer):
     def count(turns: str) -> int:
         stream = JsonlStream([str(files / "chat.jsonl")], "messages", loop=False)
