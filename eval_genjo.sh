@@ -40,25 +40,20 @@ run() {
 }
 
 # One 8B line: task, shots ("" = the task's default), batch ("" = lm-eval's default), model args, extra flags.
+# LINE_ENV (set by code_line) prefixes the command with environment settings.
 line() {
     local task=$1 shots=$2 batch=$3 args=$4
     shift 4
     local -a flags=(--tasks "$task" --model genjo_dist --model_args "$args" --output_path "$OUTPUT_PATH")
     [ -n "$shots" ] && flags+=(--num_fewshot "$shots")
     [ -n "$batch" ] && flags+=(--batch_size "$batch")
-    # shellcheck disable=SC2086  # LAUNCH may hold several words
-    run "$task" $LAUNCH eval_genjo.py "${flags[@]}" "$@"
+    # shellcheck disable=SC2086  # LINE_ENV and LAUNCH may hold several words
+    run "$task" ${LINE_ENV:-} $LAUNCH eval_genjo.py "${flags[@]}" "$@"
 }
 
 # A line whose task executes the generated code (HumanEval, MBPP): the only ones allowed to.
 code_line() {
-    local task=$1 shots=$2 batch=$3 args=$4
-    shift 4
-    local -a flags=(--tasks "$task" --model genjo_dist --model_args "$args" --output_path "$OUTPUT_PATH")
-    [ -n "$shots" ] && flags+=(--num_fewshot "$shots")
-    [ -n "$batch" ] && flags+=(--batch_size "$batch")
-    # shellcheck disable=SC2086
-    run "$task" env HF_ALLOW_CODE_EVAL=1 $LAUNCH eval_genjo.py "${flags[@]}" --confirm_run_unsafe_code "$@"
+    LINE_ENV="env HF_ALLOW_CODE_EVAL=1" line "$@" --confirm_run_unsafe_code
 }
 
 base() {
