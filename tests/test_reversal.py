@@ -1,7 +1,6 @@
 """The reversal experiment: the AR twin's causal mask, its loss and decoding, the one-directional facts,
 both models trained by genjo.train, and eval_reverse.py on a small pairs file."""
 
-import argparse
 import json
 
 import pytest
@@ -10,7 +9,7 @@ import torch.nn.functional as F
 from conftest import EOS, tiny_model
 
 import eval_reverse
-from genjo import GenjoConfig, GenjoModelLM, reversal
+from genjo import GenjoConfig, GenjoModelLM
 from genjo.reversal import (
     FORWARD_TEMPLATES,
     REVERSE_PROMPT,
@@ -154,21 +153,3 @@ def test_eval_reverse_prompts_and_bad_input(pairs_file, tmp_path):
         eval_reverse.main(["--data", str(pairs_file), "--prompt-format", "custom"])
     with pytest.raises(ValueError, match="--limit must be a positive integer; got 0"):
         eval_reverse.main(["--data", str(pairs_file), "--limit", "0"])
-
-
-@pytest.mark.parametrize("module", [eval_reverse, reversal])
-def test_help_names_every_default(module, monkeypatch, capsys):
-    from test_help import help_problems
-
-    seen = []
-    original = argparse.ArgumentParser.parse_args
-
-    def parse_help(self, args=None, namespace=None):
-        seen.append(self)
-        return original(self, ["--help"], namespace)
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_help)
-    with pytest.raises(SystemExit):
-        module.main()
-    assert capsys.readouterr().out.startswith("usage:")
-    assert help_problems(seen[0]) == []
