@@ -32,7 +32,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
-from generate import CACHES, MASK_ID, REMASKING, GenerationStats, _config_id, generate, token_confidence
+from generate import MASK_ID, GenerationStats, _config_id, _validate, generate, token_confidence
 from genjo.batch_generation import derive_seed, seeded
 from genjo.loading import DEFAULT_BASE_MODEL, load_model
 from genjo.tokenizer import chat_pieces, encode_pieces
@@ -283,28 +283,13 @@ class GenjoEvalHarness(LM):
                 raise ValueError(f"{name}={value} is not a finite number.")
         if self.batch_size < 1 or self.mc_num < 1:
             raise ValueError(f"batch_size ({self.batch_size}) and mc_num ({self.mc_num}) must be >= 1.")
-        if self.remasking not in REMASKING:
-            raise ValueError(f"remasking={self.remasking!r} is unknown; use one of {', '.join(REMASKING)}.")
         if self.cfg < 0:
             raise ValueError(f"cfg ({self.cfg}) must be >= 0.")
-        if self.temperature < 0:
-            raise ValueError(f"temperature ({self.temperature}) must be >= 0 (0 = greedy).")
-        if self.gen_length < 1 or self.block_length < 1 or self.gen_length % self.block_length:
-            raise ValueError(f"gen_length ({self.gen_length}) must be a positive multiple of block_length "
-                             f"({self.block_length}).")  # fmt: skip
-        threshold, factor = self.generate_extras.get("threshold"), self.generate_extras.get("factor")
-        if threshold is not None and factor is not None:
-            raise ValueError("threshold and factor are exclusive parallel-decoding rules: set one of them.")
-        if factor is not None and factor <= 0:
-            raise ValueError(f"factor ({factor}) must be > 0.")
-        if (threshold is not None or factor is not None) and self.remasking != "low_confidence":
-            raise ValueError("threshold/factor decoding ranks slots by confidence: use remasking=low_confidence.")
-        if self.generate_extras.get("cache") not in CACHES:
-            raise ValueError(f"cache={self.generate_extras['cache']!r} is unknown; use prefix or dual (or leave "
-                             "it unset).")  # fmt: skip
-        if not self._parallel and (self.steps < 1 or self.steps % (self.gen_length // self.block_length)):
-            raise ValueError(f"steps ({self.steps}) must be a positive multiple of the number of blocks "
-                             f"({self.gen_length // self.block_length}).")  # fmt: skip
+        # The sampler's own checks, before the model loads (no model: its vocabulary is checked later).
+        probe = torch.zeros((1, 1), dtype=torch.long)  # (1, 1): the settings are what is checked here
+        extras = self.generate_extras
+        _validate(None, probe, None, self.steps, self.gen_length, self.block_length, self.temperature, self.cfg,
+                  self.remasking, None, extras.get("threshold"), extras.get("factor"), extras.get("cache"))  # fmt: skip
 
     def _check_model_settings(self) -> None:
         """The settings that need the loaded model and tokenizer."""
