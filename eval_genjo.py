@@ -303,10 +303,6 @@ class GenjoEvalHarness(LM):
             raise ValueError("the tokenizer's pad id equals the mask id; give the tokenizer another pad token.")
 
     @property
-    def _parallel(self) -> bool:
-        return "threshold" in self.generate_extras or "factor" in self.generate_extras
-
-    @property
     def _random(self) -> bool:
         """Whether generation draws random numbers (then each request runs alone, seeded from its text)."""
         return self.remasking == "random" or self.temperature > 0
