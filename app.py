@@ -34,7 +34,7 @@ from typing import Optional
 
 import torch
 
-from generate import REMASKING, StepInfo, generate
+from genjo.sampling import REMASKING, StepInfo, generate
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -143,7 +143,7 @@ def constraint_token_ids(tokenizer, constraints: dict[int, str], gen_length: int
     Tokens falling past the end of the answer are dropped; later positions overwrite earlier ones. A word
     is plain text, like the message: one that spells a special token (``<|mdm_mask|>``) stays characters.
     """
-    from genjo.tokenizer import encode_plain  # here, so that ``import app`` stays cheap
+    from genjo.chat_format import encode_plain  # here, so that ``import app`` stays cheap
 
     fixed = {}
     for pos, word in sorted(constraints.items()):
@@ -207,7 +207,7 @@ def chat_prompt_ids(tokenizer, messages: list[dict], gen_length: int, max_length
     """Template ids of the conversation plus the generation prompt, dropping the oldest exchanges to fit.
 
     Message contents are plain text: a typed ``<|eot_id|>`` or ``<|mdm_mask|>`` stays characters."""
-    from genjo.tokenizer import encode_chat  # here, so that ``import app`` stays cheap
+    from genjo.chat_format import encode_chat  # here, so that ``import app`` stays cheap
 
     while True:
         ids = encode_chat(tokenizer, messages)

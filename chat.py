@@ -28,9 +28,9 @@ from typing import Optional
 
 import torch
 
-from generate import REMASKING, _validate, generate
+from genjo.chat_format import encode_chat
 from genjo.loading import add_model_arguments, load_from_args, sampler_defaults
-from genjo.tokenizer import encode_chat
+from genjo.sampling import REMASKING, check_canvas, check_prompt, check_sampler_settings, generate
 
 BANNER_WIDTH = 66
 RULE_WIDTH = 71
@@ -89,8 +89,10 @@ class ChatSession:
     def check_settings(self) -> None:
         """ValueError (naming the setting) unless generate() accepts these settings for a one-question chat."""
         probe = torch.tensor([user_turn_ids(self.tokenizer, "")], dtype=torch.long)  # (1, L)
-        _validate(self.model, probe, None, self.steps, self.gen_length, self.block_length, self.temperature,
-                  self.cfg_scale, self.remasking, None, None, None, None)  # fmt: skip
+        check_prompt(self.model, probe)
+        check_sampler_settings(self.model, steps=self.steps, gen_length=self.gen_length, block_length=self.block_length,
+                               temperature=self.temperature, cfg_scale=self.cfg_scale, remasking=self.remasking)
+        check_canvas(self.model, probe, None, self.gen_length, None)
 
     def history_ids(self, turns: Optional[list[list[int]]] = None) -> list[int]:
         """The conversation as the model reads it: BOS + every finished turn ([] when there is none)."""

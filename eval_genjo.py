@@ -32,11 +32,12 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
-from generate import MASK_ID, GenerationStats, _config_id, _validate, generate, token_confidence
 from genjo.batch_generation import derive_seed, seeded
+from genjo.chat_format import chat_pieces, encode_pieces
+from genjo.checks import config_int
+from genjo.likelihood import get_log_likelihoods, get_logits
 from genjo.loading import DEFAULT_BASE_MODEL, load_model
-from genjo.tokenizer import chat_pieces, encode_pieces
-from get_log_likelihood import get_log_likelihoods, get_logits
+from genjo.sampling import GenerationStats, check_sampler_settings, generate, token_confidence
 
 TASKS_DIR = Path(__file__).resolve().parent / "eval_tasks"
 SEED = 1234
@@ -112,7 +113,7 @@ class ChatPrompt(str):
     It is an ordinary ``str`` to lm-eval (logged, hashed and passed back as the request's context);
     ``pieces`` is ``((text, from_template), ...)`` whose texts concatenate to the string. Only the
     template's pieces may hold special tokens: a message that spells ``<|eot_id|>`` or the mask token
-    is tokenized as plain text (``genjo.tokenizer.encode_pieces``).
+    is tokenized as plain text (``genjo.chat_format.encode_pieces``).
     """
 
     pieces: tuple[tuple[str, bool], ...]
@@ -256,9 +257,9 @@ class GenjoEvalHarness(LM):
             self.model, self.tokenizer = load_model(self.model_path, dtype=torch_dtype, device_map=device_map)
             self._device = self.model.device  # the input ids go where the embedding is
         self.mask_id = (
-            _config_id(self.model, "mask_token_id", MASK_ID) if mask_id is None else _as_int(mask_id, "mask_id")
+            config_int(self.model, "mask_token_id") if mask_id is None else _as_int(mask_id, "mask_id")
         )
-        config_max = _config_id(self.model, "max_sequence_length", 4096)
+        config_max = config_int(self.model, "max_sequence_length", 4096)
         self.max_length = config_max if max_length is None else _as_int(max_length, "max_length")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token_id = self.tokenizer.eos_token_id
@@ -267,7 +268,7 @@ class GenjoEvalHarness(LM):
         self._stop_tokens = [
             self.tokenizer.convert_ids_to_tokens(i)
             for i in dict.fromkeys(
-                (_config_id(self.model, "eos_token_id", -1), _config_id(self.model, "eot_token_id", -1))
+                (config_int(self.model, "eos_token_id", -1), config_int(self.model, "eot_token_id", -1))
             )
             if 0 <= i < len(self.tokenizer)
         ]
@@ -286,14 +287,15 @@ class GenjoEvalHarness(LM):
         if self.cfg < 0:
             raise ValueError(f"cfg ({self.cfg}) must be >= 0.")
         # The sampler's own checks, before the model loads (no model: its vocabulary is checked later).
-        probe = torch.zeros((1, 1), dtype=torch.long)  # (1, 1): the settings are what is checked here
         extras = self.generate_extras
-        _validate(None, probe, None, self.steps, self.gen_length, self.block_length, self.temperature, self.cfg,
-                  self.remasking, None, extras.get("threshold"), extras.get("factor"), extras.get("cache"))  # fmt: skip
+        check_sampler_settings(None, steps=self.steps, gen_length=self.gen_length, block_length=self.block_length,
+                               temperature=self.temperature, cfg_scale=self.cfg, remasking=self.remasking,
+                               threshold=extras.get("threshold"), factor=extras.get("factor"),
+                               cache=extras.get("cache"))  # fmt: skip
 
     def _check_model_settings(self) -> None:
         """The settings that need the loaded model and tokenizer."""
-        vocab = _config_id(self.model, "vocab_size", len(self.tokenizer))
+        vocab = config_int(self.model, "vocab_size", len(self.tokenizer))
         if not 0 <= self.mask_id < vocab:
             raise ValueError(f"mask_id ({self.mask_id}) is outside the model's vocabulary (0..{vocab - 1}); leave "
                              "it unset to use the config's mask_token_id.")  # fmt: skip
@@ -351,7 +353,7 @@ class GenjoEvalHarness(LM):
         ``add_generation_prompt=False`` (a task's ``gen_prefix``): the last message is the start of
         the assistant's answer and is left open (``continue_final_message``), so the answer is
         generated, or scored, as its continuation. Returns a ``ChatPrompt``: the rendered string,
-        which knows the template's pieces from the messages' text (``genjo.tokenizer.chat_pieces``).
+        which knows the template's pieces from the messages' text (``genjo.chat_format.chat_pieces``).
         """
         import jinja2
 
@@ -370,7 +372,7 @@ class GenjoEvalHarness(LM):
 
     def _encode(self, pieces) -> list[int]:
         """Ids of a prompt: a ChatPrompt, a plain string (all text), or a list of (text, from_template)
-        pieces; special tokens are read only in the template's pieces (``genjo.tokenizer.encode_pieces``)."""
+        pieces; special tokens are read only in the template's pieces (``genjo.chat_format.encode_pieces``)."""
         if isinstance(pieces, str):
             pieces = pieces.pieces if isinstance(pieces, ChatPrompt) else [(pieces, False)]
         return encode_pieces(self.tokenizer, pieces, self.mask_id)

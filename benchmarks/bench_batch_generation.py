@@ -16,15 +16,15 @@ import platform
 import sys
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from genjo import tinyworld  # noqa: E402
-from genjo.batch_generation import generate_file, sampler_settings  # noqa: E402
+from genjo.batch_generation import generate_file  # noqa: E402
 from genjo.loading import add_model_arguments, load_from_args  # noqa: E402
+from genjo.settings import resolve_sampler_settings  # noqa: E402
 
 SETTINGS = {  # name -> generate() keyword arguments on top of the checkpoint's own sampler settings
     "default": dict(),
@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tokenizer = load_from_args(args)
-    own = sampler_settings(SimpleNamespace(), model)  # the checkpoint's sampler_defaults
+    own = resolve_sampler_settings({}, model)  # the checkpoint's sampler_defaults
     problems = tinyworld.sample_problems(args.requests, seed=args.seed, split="heldout")
     device = torch.cuda.get_device_name() if model.device.type == "cuda" else platform.processor() or "CPU"
     print(f"model {args.model}, {model.dtype}, {device}, {torch.get_num_threads()} threads, torch {torch.__version__}")

@@ -1,13 +1,19 @@
 """Genjo: a masked diffusion language model (arXiv 2502.09992).
 
-``from genjo import GenjoConfig, GenjoModelLM, load_model``.
+    from genjo import generate, get_log_likelihood, load_model
+
+    model, tokenizer = load_model()                       # the embedded instruct model
+    out = generate(model, prompt_ids, steps=32, gen_length=32, block_length=32)
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .configuration_genjo import GenjoConfig
+from .likelihood import get_log_likelihood, get_log_likelihoods
 from .loading import DEFAULT_BASE_MODEL, DEFAULT_MODEL, add_model_arguments, load_model, load_tokenizer
 from .modeling_genjo import GenjoModel, GenjoModelLM
+from .sampling import GenerationStats, StepInfo, generate
+from .settings import SAMPLER_SETTINGS, add_sampler_arguments, resolve_sampler_settings
 
 __version__ = "0.1.0"  # the package version (pyproject.toml reads it from here)
 
@@ -18,10 +24,18 @@ AutoModelForCausalLM.register(GenjoConfig, GenjoModelLM, exist_ok=True)
 __all__ = [
     "DEFAULT_BASE_MODEL",
     "DEFAULT_MODEL",
+    "GenerationStats",
     "GenjoConfig",
     "GenjoModel",
     "GenjoModelLM",
+    "SAMPLER_SETTINGS",
+    "StepInfo",
+    "add_sampler_arguments",
+    "generate",
+    "get_log_likelihood",
+    "get_log_likelihoods",
     "add_model_arguments",
     "load_model",
     "load_tokenizer",
+    "resolve_sampler_settings",
 ]

@@ -32,7 +32,6 @@ thus do not depend on the batch size, the order of the file or the number of pro
 """
 
 import hashlib
-import inspect
 import json
 import os
 import time
@@ -46,8 +45,9 @@ from typing import Optional, Union
 import torch
 from tqdm.auto import tqdm
 
-from .loading import sampler_defaults
-from .tokenizer import encode_chat
+from .chat_format import encode_chat
+from .sampling import GenerationStats, generate
+from .settings import is_stochastic
 
 DEFAULT_SEED = 1234
 DEFAULT_BATCH_SIZE = 8
@@ -55,72 +55,7 @@ DEFAULT_BATCH_SIZE = 8
 RequestId = Union[int, str]
 
 
-# ----------------------------------------------------------------------------- sampler settings
-
-
-def _generate_defaults() -> dict:
-    """generate()'s keyword defaults, the fallback for settings neither the user nor the checkpoint sets."""
-    from generate import generate
-
-    return {
-        name: p.default
-        for name, p in inspect.signature(generate).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
-# generate() keyword -> (flag type, one-line meaning). Booleans get --x / --no-x.
-SAMPLER_OPTIONS = {
-    "gen_length": (int, "answer length in tokens"),
-    "steps": (int, "sampling steps (forward passes) in all, split evenly across blocks"),
-    "block_length": (int, "tokens per block, decoded left to right (gen_length for one block)"),
-    "temperature": (float, "0 = greedy; > 0 samples (each request seeded from --seed and its id)"),
-    "cfg_scale": (float, "classifier-free guidance scale (0 = none)"),
-    "remasking": (str, "which proposals a step commits: the most confident or random ones"),
-    "logits_eos_inf": (bool, "never propose EOS"),
-    "confidence_eos_eot_inf": (bool, "commit EOS/EoT proposals last"),
-    "threshold": (float, "parallel decoding: commit every slot with confidence >= this (at least one)"),
-    "factor": (float, "parallel decoding by the factor rule (exclusive with --threshold)"),
-    "cache": (str, "block-level KV cache (approximate, faster)"),
-    "early_stop": (bool, "stop a row once every remaining slot proposes EOS"),
-}
-
-
-def add_sampler_arguments(parser):
-    """Add one flag per generate() setting (default None = the checkpoint's own setting, else generate()'s)."""
-    from argparse import BooleanOptionalAction
-
-    from generate import CACHES, REMASKING
-
-    choices = {"remasking": REMASKING, "cache": tuple(c for c in CACHES if c is not None)}
-    defaults = _generate_defaults()
-    group = parser.add_argument_group("sampler (unset flags take the checkpoint's sampler_defaults, else these)")
-    for name, (kind, meaning) in SAMPLER_OPTIONS.items():
-        flag = "--" + name.replace("_", "-")
-        default = defaults.get(name)
-        shown = "none" if default is None else default
-        help_text = f"{meaning} (default: the checkpoint's setting, else {shown})"
-        if kind is bool:
-            group.add_argument(flag, action=BooleanOptionalAction, default=None, help=help_text)
-        else:
-            group.add_argument(flag, type=kind, default=None, choices=choices.get(name), help=help_text)
-    return parser
-
-
-def sampler_settings(args, model) -> dict:
-    """generate() keyword arguments: each flag the user set, else the checkpoint's sampler_defaults, else
-    generate()'s default. ``args`` is the namespace of add_sampler_arguments()."""
-    defaults, own = _generate_defaults(), sampler_defaults(model)
-    settings = {}
-    for name in SAMPLER_OPTIONS:
-        value = getattr(args, name, None)
-        settings[name] = value if value is not None else own.get(name, defaults.get(name))
-    return settings
-
-
-def is_stochastic(settings: dict) -> bool:
-    """Whether the sampler draws random numbers with these settings (then requests run one per call)."""
-    return settings.get("temperature", 0.0) > 0 or settings.get("remasking", "low_confidence") == "random"
+# ----------------------------------------------------------------------------- seeds
 
 
 def derive_seed(seed: int, *texts: str) -> int:
@@ -265,7 +200,6 @@ def generate_batch(model, tokenizer, batch: list[Request], settings: dict, seed:
     tensor with a (B, L) attention mask. When the settings are stochastic (is_stochastic) each request
     runs alone under its own seed, so batch must hold a single request then.
     """
-    from generate import GenerationStats, generate
 
     stochastic = is_stochastic(settings)
     if stochastic and len(batch) != 1:

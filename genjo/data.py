@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable
 from typing import Optional
 
-from .tokenizer import encode_plain
+from .chat_format import encode_plain
 
 # Prompt + answer pairs: (prompt ids, answer ids ending with the end-of-turn token).
 Pair = tuple[list[int], list[int]]
@@ -182,11 +182,11 @@ def conversation_pairs(tokenizer, messages: list, location: str = "messages") ->
 
     A dialogue (p0, r0, p1, r1, ...) gives (p0, r0), (p0 r0 p1, r1), ...: the prompt is the chat template
     of all earlier turns plus the assistant header; the answer is the turn's content and the template's
-    end-of-turn token. Message contents are plain text, as at inference (``genjo.tokenizer.encode_chat``):
+    end-of-turn token. Message contents are plain text, as at inference (``genjo.chat_format.encode_chat``):
     a spelled ``<|eot_id|>`` or ``<|mdm_mask|>`` stays characters. Returns [(prompt ids, answer ids)]
     (int lists), in order.
     """
-    from .tokenizer import chat_pieces, encode_chat, encode_pieces
+    from .chat_format import chat_pieces, encode_chat, encode_pieces
 
     for m in messages:
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):

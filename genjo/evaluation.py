@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from .tokenizer import encode_chat
+from .chat_format import encode_chat
 
 # Sampler settings of the embedded instruct model: its answers are at most 16 tokens, so a 32-slot
 # canvas decoded one token per step in one block covers every family.
@@ -38,7 +38,7 @@ def answer_questions(
     **generate_kwargs,
 ) -> list[str]:
     """Answer each question as a single chat turn; returns the decoded answers (special tokens skipped)."""
-    from generate import generate
+    from .sampling import generate
 
     kwargs = {**TINY_SAMPLER_DEFAULTS, **generate_kwargs}
     answers = []

@@ -230,7 +230,7 @@ def complete(
     Genjo answers with generate() (steps = block_length = gen_length unless generate_kwargs say otherwise);
     a causal model (config.causal, the AR twin) with greedy_decode().
     """
-    from generate import generate
+    from .sampling import generate
 
     kwargs = {"steps": gen_length, "block_length": gen_length, **generate_kwargs}
     answers = []

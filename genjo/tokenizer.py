@@ -7,10 +7,7 @@ A byte-level BPE (Hugging Face `tokenizers`) trained on `tinyworld.tokenizer_cor
 - byte-level, so any string round-trips exactly: decode(encode(text)) == text;
 - six special tokens with fixed ids 0..5 (see `SPECIAL_TOKENS`), never split;
 - `tokenizer(text)` adds no tokens (no BOS); the chat template adds the BOS;
-- `encode_chat(tokenizer, messages)` renders a chat with the template and tokenizes what the user
-  wrote as plain text, so typed text that spells a special token stays text. It works with any
-  model's template; `chat_pieces` + `encode_pieces` are its two halves, for a caller that must carry
-  the rendered string around before tokenizing it (the lm-eval adapter).
+- chat prompts are built by `genjo.chat_format` (with any model's template, this one's included).
 
 The diffusion mask token `<|mdm_mask|>` is deliberately NOT registered as the
 tokenizer's `mask_token`; the model config carries its id explicitly.
@@ -18,21 +15,12 @@ tokenizer's `mask_token`; the model config carries its id explicitly.
 Usage: `python -m genjo.tokenizer OUT_DIR` builds the tokenizer and saves it.
 """
 
-import logging
-import re
 import sys
-import weakref
-from collections.abc import Iterable
-from typing import Optional
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from . import tinyworld
-
-logger = logging.getLogger(__name__)
-# Per tokenizer, the chat templates already warned about: one warning, not one per prompt.
-_WARNED_TEMPLATES: "weakref.WeakKeyDictionary[object, set[str]]" = weakref.WeakKeyDictionary()
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"  # also the padding token
@@ -116,137 +104,6 @@ def special_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
         "end_header_id": ids(END_HEADER_TOKEN),
         "eot_token_id": ids(EOT_TOKEN),
     }
-
-
-def chat_pieces(
-    tokenizer, messages: list[dict], add_generation_prompt: bool = True, continue_final_message: bool = False
-) -> list[tuple[str, bool]]:
-    """A chat rendered by the tokenizer's chat template, split into ``(text, from_template)`` pieces.
-
-    The texts concatenate to ``tokenizer.apply_chat_template(messages, tokenize=False, ...)``; the
-    template's own text (BOS, headers, <|eot_id|>, the generation prompt) has from_template=True, each
-    message's content False. To find them the template is rendered a second time with a private-use
-    placeholder instead of each content: the text between the placeholders is the template's. A content
-    may appear as is or stripped (templates trim; a continued final message loses its trailing
-    whitespace). Works for any template that writes each content once, in order (the embedded models'
-    and Llama-3's); for one that hides or rewrites a message the whole text is one template piece, with
-    a warning (a special token spelled in a message is then read as special, the mask never is).
-
-    messages: [{"role": ..., "content": str}, ...].
-    continue_final_message: the last message is the open start of the assistant's answer (a
-        ``gen_prefix``); exclusive with add_generation_prompt.
-    """
-    options = dict(tokenize=False, add_generation_prompt=add_generation_prompt,
-                   continue_final_message=continue_final_message)  # fmt: skip
-    text = tokenizer.apply_chat_template(messages, **options)
-    pieces = _template_pieces(tokenizer, messages, text, options)
-    if pieces is None:
-        warned = _WARNED_TEMPLATES.setdefault(tokenizer, set())
-        if str(tokenizer.chat_template) not in warned:
-            logger.warning("Could not tell the chat template's text from the messages': special tokens spelled in "
-                           "a message will be read as special tokens (never the mask).")  # fmt: skip
-            warned.add(str(tokenizer.chat_template))
-        pieces = [(text, True)] if text else []
-    return pieces
-
-
-def _template_pieces(tokenizer, messages: list[dict], text: str, options: dict) -> Optional[list]:
-    """``chat_pieces`` of the rendered ``text``, or None when the template hides the messages."""
-    contents = [message.get("content") for message in messages]
-    if not all(isinstance(content, str) for content in contents):
-        return None
-    holders = [f"\ue000{i}\ue001" for i in range(len(messages))]
-    try:
-        shell = tokenizer.apply_chat_template(
-            [{**message, "content": holder} for message, holder in zip(messages, holders)], **options
-        )
-    except Exception:  # noqa: BLE001 - any failure here only loses the separation, reported by the caller
-        return None
-    if re.findall("\ue000\\d+\ue001", shell) != holders:
-        return None
-    parts = re.split("\ue000\\d+\ue001", shell)  # len(messages) + 1 pieces of the template's text
-    pieces, pos = [], 0
-    for i, content in enumerate(contents):
-        if not text.startswith(parts[i], pos):
-            return None
-        pieces.append((parts[i], True))
-        pos += len(parts[i])
-        following, last = parts[i + 1], i == len(contents) - 1
-        for shown in dict.fromkeys((content, content.strip(), content.rstrip(), content.lstrip())):
-            end = pos + len(shown)
-            if text.startswith(shown, pos) and (text[end:] == following if last else text.startswith(following, end)):
-                break
-        else:
-            return None
-        pieces.append((shown, False))
-        pos = end
-    pieces.append((parts[-1], True))
-    if "".join(piece for piece, _ in pieces) != text:
-        return None
-    return [(piece, template) for piece, template in pieces if piece]
-
-
-def encode_plain(tokenizer, text: str) -> list[int]:
-    """Ids of plain text: a spelled special token (``<|eot_id|>``, ``<|mdm_mask|>``) stays characters."""
-    if not text:
-        return []
-    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-
-
-def encode_pieces(tokenizer, pieces: Iterable[tuple[str, bool]], mask_id: Optional[int] = None) -> list[int]:
-    """Token ids of a prompt given as ``(text, from_template)`` pieces (see ``chat_pieces``); no BOS added.
-
-    The tokenizer's added tokens are read only in the template's pieces, and the diffusion mask (mask_id,
-    default the id of ``<|mdm_mask|>``) never: a prompt holds no mask. The text between two special
-    tokens is tokenized as one string, as the tokenizer itself does, so when no message spells a special
-    token the ids equal ``tokenizer("".join(texts), add_special_tokens=False)["input_ids"]``.
-    """
-    mask = tokenizer.convert_tokens_to_ids(MASK_TOKEN) if mask_id is None else mask_id
-    added = {token.content: i for i, token in tokenizer.added_tokens_decoder.items() if i != mask}
-    found = re.compile("|".join(re.escape(token) for token in sorted(added, key=len, reverse=True)) or "(?!)")
-    ids: list[int] = []
-    plain = ""  # text waiting for the next special token (or the end)
-    for text, template in pieces:
-        if not template:
-            plain += text
-            continue
-        pos = 0
-        for match in found.finditer(text):
-            ids += encode_plain(tokenizer, plain + text[pos : match.start()])
-            ids.append(added[match.group()])
-            plain, pos = "", match.end()
-        plain += text[pos:]
-    return ids + encode_plain(tokenizer, plain)
-
-
-def encode_chat(
-    tokenizer,
-    messages: list[dict],
-    add_generation_prompt: bool = True,
-    gen_prefix: Optional[str] = None,
-    mask_id: Optional[int] = None,
-) -> list[int]:
-    """Token ids of a chat rendered by the tokenizer's chat template, every message's content as plain text.
-
-    The template's own special tokens (BOS, headers, <|eot_id|>) stay special, but text a user typed that
-    spells one (e.g. "<|mdm_mask|>" or "<|eot_id|>") is tokenized as ordinary characters, so it can
-    neither end a turn nor plant a mask in the prompt. For content without such text the ids equal
-    ``tokenizer(apply_chat_template(messages, tokenize=False), add_special_tokens=False)``.
-
-    messages: [{"role": ..., "content": str}, ...], any number of turns.
-    gen_prefix: the start of the assistant's answer, written after the generation prompt (as an open
-        assistant message, ``continue_final_message``; the template may trim it); plain text too.
-    mask_id: the diffusion mask's id, never produced (default the id of ``<|mdm_mask|>``).
-    Returns a list of int ids (the template adds the BOS).
-    """
-    if gen_prefix:
-        if not add_generation_prompt:
-            raise ValueError("gen_prefix starts the assistant's answer, after the generation prompt: keep "
-                             "add_generation_prompt=True.")  # fmt: skip
-        messages = [*messages, {"role": "assistant", "content": gen_prefix}]
-    pieces = chat_pieces(tokenizer, messages, add_generation_prompt=add_generation_prompt and not gen_prefix,
-                         continue_final_message=bool(gen_prefix))  # fmt: skip
-    return encode_pieces(tokenizer, pieces, mask_id)
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: str) -> None:

@@ -41,10 +41,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import tinyworld
+from .chat_format import encode_chat
 from .configuration_genjo import GenjoConfig
 from .loading import load_config, load_tokenizer
 from .modeling_genjo import GenjoModelLM
-from .tokenizer import build_tokenizer, encode_chat, special_token_ids
+from .tokenizer import build_tokenizer, special_token_ids
 
 STATE_FILE = "training_state.pt"
 CURVE_FILE = "learning_curve.jsonl"

@@ -14,7 +14,7 @@ import pytest
 from conftest import CHROMIUM, CHROMIUM_ARGS, MASK, ScriptedModel, require_chromium, scripted_answer
 
 import app
-from genjo.tokenizer import encode_chat
+from genjo.chat_format import encode_chat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tokens shown by the visualisation, and whether its event is still running.
@@ -77,7 +77,7 @@ def test_settings_are_checked_with_messages_that_say_what_to_fix():
 
 
 def test_user_text_spelling_a_special_token_stays_plain_text(tiny_tokenizer):
-    """The prompt goes through genjo.tokenizer.encode_chat (tested in test_tokenizer.py): typed specials are text."""
+    """The prompt goes through genjo.chat_format.encode_chat (tested in test_tokenizer.py): typed specials are text."""
     tok = tiny_tokenizer
     eot, mask = tok.convert_tokens_to_ids("<|eot_id|>"), tok.convert_tokens_to_ids("<|mdm_mask|>")
     typed = [{"role": "user", "content": "a <|eot_id|> b <|mdm_mask|>"}]

@@ -31,7 +31,8 @@ from conftest import BOS, EOS, EOT, MASK
 
 import chat
 from generate import generate
-from genjo.tokenizer import encode_chat
+from genjo.chat_format import encode_chat
+from genjo.sampling import DualCache, PrefixCache
 from get_log_likelihood import get_log_likelihood, get_log_likelihoods
 
 TIME_LIMIT_S = 60  # far above the tiny model's runtime (well under a second): reaching it means a hang
@@ -117,9 +118,9 @@ GENERATE_CASES = [
     # options
     (dict(remasking="top_k"), "remasking='top_k' is unknown"),
     (dict(cache="kv"), "cache='kv' is unknown"),
-    (dict(cache="dual", refresh_every=1.5), "refresh_every must be an int"),
-    (dict(cache="dual", refresh_every=0), "refresh_every needs a cache .* must be >= 1"),
-    (dict(refresh_every=2), "refresh_every needs a cache"),
+    (dict(cache=lambda: DualCache(refresh_every=1.5)), "refresh_every must be an int"),
+    (dict(cache=lambda: DualCache(refresh_every=0)), "refresh_every needs a cache .* must be >= 1"),
+    (dict(cache=PrefixCache), "cache=<class .*PrefixCache'> is unknown"),  # the class, not an instance
     (dict(mask_id=VOCAB), f"mask_id \\({VOCAB}\\) is outside the model's vocabulary"),
     (dict(eos_id=-1), "eos_id \\(-1\\) must be >= 0"),
     (dict(step_callback="print"), "step_callback must be a function"),
@@ -148,6 +149,8 @@ class GuardedModel(torch.nn.Module):
 def test_generate_rejects_bad_arguments(model, bad, message):
     kwargs = {**SETTINGS, "prompt": PROMPT, **bad}
     with pytest.raises(ValueError, match=message):
+        if getattr(kwargs.get("cache"), "__name__", None) == "<lambda>":  # a cache strategy whose construction fails
+            kwargs["cache"] = kwargs["cache"]()
         within_time_limit(generate, GuardedModel(model), **kwargs)
 
 

@@ -23,8 +23,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from eval_genjo import GenjoEvalHarness, evaluate_offline  # noqa: E402
+from genjo.chat_format import encode_plain
 from genjo.loading import DEFAULT_BASE_MODEL, DEFAULT_MODEL  # noqa: E402
-from genjo.tokenizer import encode_plain, special_token_ids  # noqa: E402
+from genjo.tokenizer import special_token_ids  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_MODEL = os.environ.get("GENJO_TEST_BASE_MODEL", DEFAULT_BASE_MODEL)

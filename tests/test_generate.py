@@ -5,8 +5,10 @@ import torch
 import torch.nn.functional as F
 from conftest import EOS, EOT, MASK, tiny_model
 
-from generate import (
+from genjo.sampling import (
+    DualCache,
     GenerationStats,
+    PrefixCache,
     add_gumbel_noise,
     commit_top_k,
     generate,
@@ -234,7 +236,8 @@ def test_bad_prompts_raise_value_error(model):
 def test_cache_refreshed_every_step_equals_no_cache(model, cache, cfg):
     kwargs = dict(steps=16, gen_length=16, block_length=8, cfg_scale=cfg)
     stats = GenerationStats()
-    out = generate(model, PROMPT, cache=cache, refresh_every=1, stats=stats, **kwargs)
+    strategy = {"prefix": PrefixCache, "dual": DualCache}[cache](refresh_every=1)
+    out = generate(model, PROMPT, cache=strategy, stats=stats, **kwargs)
     assert torch.equal(out, generate(model, PROMPT, **kwargs))
     assert stats.nfe == stats.nfe_refresh == 16
 

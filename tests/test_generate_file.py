@@ -19,8 +19,9 @@ from conftest import ScriptedModel
 
 import generate as generate_script
 from generate import generate
-from genjo.batch_generation import generate_file, process_info, sampler_settings
+from genjo.batch_generation import generate_file, process_info
 from genjo.loading import load_model
+from genjo.settings import resolve_sampler_settings as sampler_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

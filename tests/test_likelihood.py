@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import MASK
 
-from get_log_likelihood import forward_process, get_log_likelihood, get_log_likelihoods
+from get_log_likelihood import get_log_likelihood, get_log_likelihoods
+from get_log_likelihood import stratified_masking as forward_process
 
 PROMPT = torch.tensor([0, 7, 8, 9, 10])
 ANSWER = torch.tensor([11, 12, 13, 14, 15, 16])

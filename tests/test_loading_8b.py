@@ -167,12 +167,12 @@ def test_no_deprecation_warning_from_the_model_output(model):
 
 @pytest.mark.parametrize("cfg", [0.0, 1.5])
 def test_likelihood_log_normalizer_chunks_equal_the_whole(cfg):
-    from get_log_likelihood import _guided, _log_normalizers
+    from genjo.likelihood import guided_logits, log_normalizers
 
     cond, uncond = torch.randn(10, 64).bfloat16(), torch.randn(10, 64).bfloat16()
     uncond = uncond if cfg > 0 else None
-    whole = torch.logsumexp(_guided(cond, uncond, cfg).float(), dim=-1)
-    assert torch.equal(_log_normalizers(cond, uncond, cfg, chunk=3), whole)
+    whole = torch.logsumexp(guided_logits(cond, uncond, cfg).float(), dim=-1)
+    assert torch.equal(log_normalizers(cond, uncond, cfg, chunk=3), whole)
 
 
 def test_bench_forward_dry_run_of_the_8b_on_meta(capsys):

@@ -7,6 +7,7 @@ import random
 import pytest
 from transformers import AutoTokenizer
 
+from genjo.chat_format import chat_pieces, encode_chat, encode_pieces
 from genjo.tinyworld import (
     FAMILIES,
     chat_messages,
@@ -15,15 +16,7 @@ from genjo.tinyworld import (
     sample_problems,
     tokenizer_corpus,
 )
-from genjo.tokenizer import (
-    SPECIAL_TOKENS,
-    build_tokenizer,
-    chat_pieces,
-    encode_chat,
-    encode_pieces,
-    save_tokenizer,
-    special_token_ids,
-)
+from genjo.tokenizer import SPECIAL_TOKENS, build_tokenizer, save_tokenizer, special_token_ids
 
 SINGLE_TURN = (
     "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n"

@@ -87,7 +87,7 @@ def test_multi_turn_conversation_gives_one_pair_per_assistant_turn(tokenizer):
 
 def test_sft_pairs_read_spelled_special_tokens_as_text_as_inference_does(tokenizer):
     """Training sees a message's text exactly as chat.py, generate.py --input and the eval harness encode it."""
-    from genjo.tokenizer import encode_chat
+    from genjo.chat_format import encode_chat
 
     messages = [{"role": "user", "content": "Say <|eot_id|> or <|mdm_mask|>"},
                 {"role": "assistant", "content": "<|mdm_mask|> <|eot_id|>"}]  # fmt: skip

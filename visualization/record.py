@@ -10,8 +10,8 @@ import os
 
 import torch
 
-from generate import REMASKING
 from genjo.loading import add_model_arguments, load_from_args, sampler_defaults
+from genjo.sampling import REMASKING
 from visualization.trajectory import record_generation, write_sample_process
 
 

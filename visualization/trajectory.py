@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from generate import StepInfo, generate
+from genjo.sampling import StepInfo, generate
 
 FORMAT = "genjo-trajectory/1"
 LOG_MASK = "<|mdm_mask|>"
@@ -64,7 +64,7 @@ def record_generation(model, tokenizer, question: str, **generate_kwargs) -> Tra
 
     generate_kwargs go to generate() (steps, gen_length, block_length, temperature, remasking, ...).
     """
-    from genjo.tokenizer import encode_chat  # here: rendering a saved trajectory needs no transformers
+    from genjo.chat_format import encode_chat  # here: rendering a saved trajectory needs no transformers
 
     # The question is plain text: one that spells <|eot_id|> or <|mdm_mask|> stays characters.
     ids = encode_chat(tokenizer, [{"role": "user", "content": question}], add_generation_prompt=True)
