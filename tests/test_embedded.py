@@ -9,7 +9,7 @@ from conftest import require_checkpoint, run_outside_the_repo
 
 import genjo
 from generate import GenerationStats, generate
-from genjo import tinyworld
+from genjo import refresh_remote_code, tinyworld
 from genjo.evaluation import chat_prompt_batch
 from genjo.loading import DEFAULT_BASE_MODEL, DEFAULT_MODEL, load_model
 from genjo.tokenizer import special_token_ids
@@ -33,11 +33,11 @@ def test_checkpoint_is_small_and_consistent_with_its_tokenizer(path):
     )
     assert config.embedding_size >= len(tokenizer)
     assert os.path.getsize(os.path.join(path, "model.safetensors")) < 10 * 2**20
-    # The remote code next to the weights is a copy written by save_pretrained: it must be today's source.
+    # The remote code next to the weights is a copy of the package's source: it must be today's.
     package = os.path.dirname(genjo.__file__)
     for name in ("modeling_genjo.py", "configuration_genjo.py"):
         with open(os.path.join(path, name)) as shipped, open(os.path.join(package, name)) as source:
-            assert shipped.read() == source.read(), f"{path}/{name} is stale: re-save the checkpoint"
+            assert shipped.read() == source.read(), f"{path}/{name} is stale: run `{refresh_remote_code.COMMAND}`"
 
 
 def test_loads_with_only_transformers(tmp_path):

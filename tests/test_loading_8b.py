@@ -187,3 +187,19 @@ def test_bench_forward_dry_run_of_the_8b_on_meta(capsys):
     assert "8,015,581,184 parameters" in printed and "weights 14.93 GiB" in printed
     assert "| full forward | (1, 320) | (1, 320, 126464) |" in printed
     assert "| 1024 | 1280 | 0.62 GiB |" in printed  # KV cache per row: 0.5 MiB per token in bf16
+
+
+def test_published_folder_samples_with_the_release_scripts_settings(tmp_path):
+    """A published folder names no sampler settings: unset flags take the original scripts' (block 32), the
+    settings table's resolution applies them, and a folder Genjo saves keeps them."""
+    from genjo.configuration_genjo import RELEASE_SAMPLER_DEFAULTS
+    from genjo.loading import load_model
+    from genjo.settings import resolve_sampler_settings
+
+    published_folder(tmp_path / "published")
+    model = load_model(str(tmp_path / "published"), device="cpu", with_tokenizer=False)
+    settings = resolve_sampler_settings({"steps": 64}, model)
+    assert (settings["gen_length"], settings["steps"], settings["block_length"]) == (128, 64, 32)
+    model.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert saved["sampler_defaults"] == RELEASE_SAMPLER_DEFAULTS and saved["model_type"] == "genjo"

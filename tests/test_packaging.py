@@ -60,6 +60,7 @@ from genjo import load_model
 from genjo.evaluation import answer_questions
 for module in (generate, genjo, get_log_likelihood):
     assert module.__file__.startswith({str(site)!r}), module.__file__
+assert genjo.generate is generate.generate and genjo.get_log_likelihood is get_log_likelihood.get_log_likelihood
 model, tokenizer = load_model()
 print(answer_questions(model, tokenizer, ["Sort: 3 1 2", "Reverse: alpha bravo charlie"]))
 """

@@ -62,6 +62,10 @@ GENJO_8B_DEFAULTS = {
 # carries them is read for its architecture fields only.
 RELEASE_MODEL_TYPES = ("llada",)
 RELEASE_ARCHITECTURES = ("LLaDAModelLM",)
+# The sampler settings of the original release's own scripts (its generate.py and chat.py): what a published
+# folder, which names none, samples with when the user sets nothing (genjo/settings.py resolves them).
+RELEASE_SAMPLER_DEFAULTS = {"gen_length": 128, "steps": 128, "block_length": 32, "temperature": 0.0,
+                            "remasking": "low_confidence"}  # fmt: skip
 
 
 class GenjoConfig(PretrainedConfig):
@@ -87,9 +91,11 @@ class GenjoConfig(PretrainedConfig):
         # folder that Genjo saves (its auto_map would point at modules that are not there).
         if kwargs.get("model_type") in RELEASE_MODEL_TYPES:
             kwargs.pop("model_type")
+            kwargs.setdefault("sampler_defaults", dict(RELEASE_SAMPLER_DEFAULTS))
         if any(a in RELEASE_ARCHITECTURES for a in kwargs.get("architectures") or []):
             kwargs.pop("architectures")
             kwargs.pop("auto_map", None)
+            kwargs.setdefault("sampler_defaults", dict(RELEASE_SAMPLER_DEFAULTS))
         for alias, name in self.attribute_map.items():
             if alias in kwargs:
                 kwargs[name] = kwargs.pop(alias)
