@@ -14,7 +14,22 @@ import pytest
 from conftest import CHROMIUM, CHROMIUM_ARGS, MASK, ScriptedModel, require_chromium, scripted_answer
 
 import app
-from genjo.chat_format import encode_chat
+from genjo.chat_format import conversation_messages, encode_chat
+from genjo.constraints import constraint_token_ids, parse_constraints
+from genjo.denoising_view import (
+    COLOUR_MAP,
+    CONSTRAINT,
+    EARLIER,
+    END,
+    MASKED,
+    NEW_HIGH,
+    NEW_LOW,
+    NEW_MID,
+    chat_prompt_ids,
+    check_settings,
+    confidence_category,
+    generate_response_with_visualization,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tokens shown by the visualisation, and whether its event is still running.
@@ -40,40 +55,40 @@ def question(text: str) -> list[dict]:
 
 
 def test_word_constraints_are_parsed_and_bad_ones_rejected_with_a_message():
-    assert app.parse_constraints("0:Once, 5:upon, 10:time") == {0: "Once", 5: "upon", 10: "time"}
-    assert app.parse_constraints("3:a:b, ") == {3: "a:b"}  # split at the first colon; empty parts ignored
-    assert app.parse_constraints("") == {} and app.parse_constraints(None) == {}
+    assert parse_constraints("0:Once, 5:upon, 10:time") == {0: "Once", 5: "upon", 10: "time"}
+    assert parse_constraints("3:a:b, ") == {3: "a:b"}  # split at the first colon; empty parts ignored
+    assert parse_constraints("") == {} and parse_constraints(None) == {}
     for text, message in [("x:y", "'x:y' is not position:word"), ("-1:neg", "'-1:neg' is not"),
                           ("4: ", "'4:' is not"), ("7", "'7' is not"), ("2:one, 2:two", "position 2 is given twice"),
                           ("40:far", "position 40 is past the end of the answer: positions are 0 to 31")]:  # fmt: skip
         with pytest.raises(ValueError, match=re.escape(message)):
-            app.parse_constraints(text, gen_length=32)
+            parse_constraints(text, gen_length=32)
 
 
 def test_confidence_categories_and_history_format():
-    assert [app.confidence_category(c) for c in (0.0, 0.29, 0.3, 0.69, 0.7, 1.0)] == [
-        app.NEW_LOW, app.NEW_LOW, app.NEW_MID, app.NEW_MID, app.NEW_HIGH, app.NEW_HIGH]  # fmt: skip
-    assert app.COLOUR_MAP[app.NEW_LOW] == "#FF6666" and app.COLOUR_MAP[app.EARLIER] == "#6699CC"
+    assert [confidence_category(c) for c in (0.0, 0.29, 0.3, 0.69, 0.7, 1.0)] == [
+        NEW_LOW, NEW_LOW, NEW_MID, NEW_MID, NEW_HIGH, NEW_HIGH]  # fmt: skip
+    assert COLOUR_MAP[NEW_LOW] == "#FF6666" and COLOUR_MAP[EARLIER] == "#6699CC"
     pairs = [["hi", "hello"], ["quiet", ""], ["again", None]]  # an empty reply stays an assistant turn
-    assert app.format_chat_history(pairs) == [
+    assert conversation_messages(pairs) == [
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
         {"role": "user", "content": "quiet"}, {"role": "assistant", "content": ""},
         {"role": "user", "content": "again"}]  # fmt: skip
-    assert app.format_chat_history(pairs, multi_turn=False) == [{"role": "user", "content": "again"}]
+    assert conversation_messages(pairs, multi_turn=False) == [{"role": "user", "content": "again"}]
     assert [m["content"] for m in app.to_chatbot(pairs)] == ["hi", "hello", "quiet", app.EMPTY_ANSWER, "again"]
 
 
 def test_settings_are_checked_with_messages_that_say_what_to_fix():
-    assert app.check_settings(64, 32, 32, 0.0, 0.0, "low_confidence") == (64, 32, 32)
-    assert app.check_settings(16, 30, 128, 0.0, 0.0, "random") == (16, 30, 16)  # block clamped to the answer
-    assert app.check_settings(64, 30, 8, 0.0, 0.0, "random") == (64, 24, 8)  # max(1, steps // blocks) per block
+    assert check_settings(64, 32, 32, 0.0, 0.0, "low_confidence") == (64, 32, 32)
+    assert check_settings(16, 30, 128, 0.0, 0.0, "random") == (16, 30, 16)  # block clamped to the answer
+    assert check_settings(64, 30, 8, 0.0, 0.0, "random") == (64, 24, 8)  # max(1, steps // blocks) per block
     for args, message in [((64, 32, 24, 0.0, 0.0, "random"), "multiple of Block Length"),
                           ((64, 32, 32, -1.0, 0.0, "random"), "Temperature"),
                           ((64, 32, 32, 0.0, float("nan"), "random"), "CFG Scale must be a finite number"),
                           ((None, 32, 32, 0.0, 0.0, "random"), "Generation Length must be a finite number"),
                           ((64, 32, 32, 0.0, 0.0, "top_k"), "Remasking Strategy")]:  # fmt: skip
         with pytest.raises(ValueError, match=message):
-            app.check_settings(*args)
+            check_settings(*args)
 
 
 def test_user_text_spelling_a_special_token_stays_plain_text(tiny_tokenizer):
@@ -81,7 +96,7 @@ def test_user_text_spelling_a_special_token_stays_plain_text(tiny_tokenizer):
     tok = tiny_tokenizer
     eot, mask = tok.convert_tokens_to_ids("<|eot_id|>"), tok.convert_tokens_to_ids("<|mdm_mask|>")
     typed = [{"role": "user", "content": "a <|eot_id|> b <|mdm_mask|>"}]
-    ids = app.chat_prompt_ids(tok, typed, gen_length=8, max_length=None)
+    ids = chat_prompt_ids(tok, typed, gen_length=8, max_length=None)
     assert ids == encode_chat(tok, typed)
     assert ids.count(eot) == 1 and mask not in ids  # only the template's end of turn
     assert tok.decode(ids, skip_special_tokens=False).count("<|eot_id|>") == 2  # typed text kept as characters
@@ -93,30 +108,30 @@ def test_user_text_spelling_a_special_token_stays_plain_text(tiny_tokenizer):
 def test_frames_keep_every_slot_and_show_end_of_text_as_faint_chips(tiny_tokenizer):
     G = 16
     model = ScriptedModel(scripted_answer(tiny_tokenizer, "42", G))
-    frames, text = app.generate_response_with_visualization(model, tiny_tokenizer, "cpu", question("What is 12 + 30?"),
-                                                            gen_length=G, steps=8, block_length=G)  # fmt: skip
+    frames, text = generate_response_with_visualization(model, tiny_tokenizer, "cpu", question("What is 12 + 30?"),
+                                                        gen_length=G, steps=8, block_length=G)  # fmt: skip
     assert text == "42" and len(frames) == 1 + 8  # all-mask state, then one frame per step
-    assert frames[0] == [("[MASK]", app.MASKED)] * G
+    assert frames[0] == [("[MASK]", MASKED)] * G
     assert all(len(f) == G for f in frames)  # no slot is ever dropped
     masks = [sum(t == "[MASK]" for t, _ in f) for f in frames]
     assert masks == [16, 14, 12, 10, 8, 6, 4, 2, 0]  # 2 per step, the linear schedule
     # step 1 reveals the two strongest slots (0, 1: "4", "2"), new tokens coloured by confidence
     assert [t for t, _ in frames[1][:2]] == ["4", "2"]
-    assert {c for _, c in frames[1][:2]} <= {app.NEW_LOW, app.NEW_MID, app.NEW_HIGH}
-    assert {c for _, c in frames[2][:2]} == {app.EARLIER}  # revealed earlier: blue
-    assert frames[-1][2:] == [("EoT", app.END)] + [("EOS", app.END)] * (G - 3)
+    assert {c for _, c in frames[1][:2]} <= {NEW_LOW, NEW_MID, NEW_HIGH}
+    assert {c for _, c in frames[2][:2]} == {EARLIER}  # revealed earlier: blue
+    assert frames[-1][2:] == [("EoT", END)] + [("EOS", END)] * (G - 3)
 
 
 def test_constraints_hold_their_slots_and_count_as_prompt_for_cfg(tiny_tokenizer):
     G = 16
     model = ScriptedModel(scripted_answer(tiny_tokenizer, "42", G))
-    frames, text = app.generate_response_with_visualization(
+    frames, text = generate_response_with_visualization(
         model, tiny_tokenizer, "cpu", question("What is 12 + 30?"), gen_length=G, steps=8, block_length=G,
         constraints={5: "Paris", 40: "dropped"}, cfg_scale=1.0)  # fmt: skip
     word = tiny_tokenizer(" Paris", add_special_tokens=False)["input_ids"]
     L = model.calls[0].shape[1] - G
     assert len(frames) == 2 + 8  # all-mask state, the constraints, then one frame per step
-    assert [c for t, c in frames[1] if t != "[MASK]"] == [app.CONSTRAINT] * len(word)
+    assert [c for t, c in frames[1] if t != "[MASK]"] == [CONSTRAINT] * len(word)
     assert "".join(t for t, _ in frames[-1][5 : 5 + len(word)]) == " Paris"
     assert "Paris" in text
     for call in model.calls:  # CFG runs conditional and unconditional rows as one batch
@@ -125,14 +140,14 @@ def test_constraints_hold_their_slots_and_count_as_prompt_for_cfg(tiny_tokenizer
         assert (uncond[L + 5 : L + 5 + len(word)] == MASK).all()  # masked with the prompt when unconditional
         assert (uncond[:L] == MASK).all()
     # at position 0 the word has no leading space, as an answer starts
-    assert app.constraint_token_ids(tiny_tokenizer, {0: "Paris"}, G) == dict(
+    assert constraint_token_ids(tiny_tokenizer, {0: "Paris"}, G) == dict(
         enumerate(tiny_tokenizer("Paris", add_special_tokens=False)["input_ids"]))  # fmt: skip
 
 
 def test_a_constraint_word_spelling_a_special_token_stays_text(tiny_tokenizer):
     """Like the message, a constraint is typed text: <|mdm_mask|> must not plant the mask id in the answer."""
     mask, eot = (tiny_tokenizer.convert_tokens_to_ids(t) for t in ("<|mdm_mask|>", "<|eot_id|>"))
-    fixed = app.constraint_token_ids(tiny_tokenizer, {0: "<|mdm_mask|>", 20: "<|eot_id|>"}, 64)
+    fixed = constraint_token_ids(tiny_tokenizer, {0: "<|mdm_mask|>", 20: "<|eot_id|>"}, 64)
     assert mask not in fixed.values() and eot not in fixed.values()
     assert tiny_tokenizer.decode([fixed[p] for p in sorted(fixed) if p < 20]) == "<|mdm_mask|>"
 
