@@ -1,9 +1,9 @@
 """Genjo: a masked diffusion language model (arXiv 2502.09992).
 
-    from genjo import generate, get_log_likelihood, load_model
+from genjo import generate, get_log_likelihood, load_model
 
-    model, tokenizer = load_model()                       # the embedded instruct model
-    out = generate(model, prompt_ids, steps=32, gen_length=32, block_length=32)
+model, tokenizer = load_model()                       # the embedded instruct model
+out = generate(model, prompt_ids, steps=32, gen_length=32, block_length=32)
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
