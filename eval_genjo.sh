@@ -8,7 +8,9 @@
 # Every line runs whatever happened to the ones before (a failing or gated task does not stop the
 # rest); a summary of what passed and failed ends the run, and the exit status is 1 if any line failed.
 # Only the HumanEval and MBPP lines may execute generated code (HF_ALLOW_CODE_EVAL=1 and
-# --confirm_run_unsafe_code on those lines alone).
+# --confirm_run_unsafe_code on those lines alone). A sampler setting a line leaves unset takes the
+# checkpoint's sampler_defaults, else the fallback of genjo/settings.py (128), so every generation line
+# states its gen_length, steps and block_length (the paper's 1024 for the base model).
 #
 # Environment:
 #   GENJO_BASE_MODEL / GENJO_INSTRUCT_MODEL   checkpoint folders or hub ids of the 8B models
@@ -125,7 +127,7 @@ for arg in "$@"; do
         --dry-run) DRY_RUN=1 ;;
         --tiny) mode=tiny ;;
         base | instruct | all) mode=$arg ;;
-        -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (use base, instruct, all, --tiny, --dry-run)" >&2; exit 2 ;;
     esac
 done

@@ -23,8 +23,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from eval_genjo import GenjoEvalHarness, evaluate_offline  # noqa: E402
-from genjo.chat_format import encode_plain
+from genjo.chat_format import encode_plain  # noqa: E402
+from genjo.eval_settings import parse_model_args  # noqa: E402
 from genjo.loading import DEFAULT_BASE_MODEL, DEFAULT_MODEL  # noqa: E402
+from genjo.settings import FALLBACKS  # noqa: E402
 from genjo.tokenizer import special_token_ids  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,8 +74,11 @@ def test_string_model_args_are_cast_and_cuda_falls_back(tiny_model_path):
         "gen_length=8,block_length=4,threshold=None,logits_eos_inf=True",
         {"batch_size": "2", "max_batch_size": None, "device": "cuda:0"},
     )
-    assert (lm.mc_num, lm.batch_size, lm.is_check_greedy, lm.cfg, lm.temperature) == (8, 2, False, 0.5, 0.5)
-    assert lm.logits_eos_inf is True and lm.generate_extras == {}
+    sampler = lm.sampler
+    assert (lm.mc_num, lm.batch_size, lm.is_check_greedy, sampler["cfg_scale"], sampler["temperature"]) == (
+        8, 2, False, 0.5, 0.5)  # fmt: skip
+    extras = {name: sampler[name] for name in ("threshold", "factor", "cache", "early_stop")}
+    assert sampler["logits_eos_inf"] is True and extras == {name: FALLBACKS[name] for name in extras}
     assert lm.max_length == lm.model.config.max_sequence_length
     assert lm.mask_id == lm.model.config.mask_token_id
     if not torch.cuda.is_available():
@@ -111,9 +116,66 @@ def test_bad_model_args_raise_value_error(tiny_model_path, bad, message):
         GenjoEvalHarness(model_path=tiny_model_path, **{**FAST, **bad})
 
 
+def test_cfg_and_cfg_scale_are_the_same_setting(tiny_model_path):
+    """The original's ``cfg=`` and the table's ``cfg_scale=`` both set the guidance scale; both at once is an error."""
+    for key in ("cfg", "cfg_scale"):
+        lm = GenjoEvalHarness.create_from_arg_string(f"model_path={tiny_model_path},{key}=0.5", {"device": "cpu"})
+        assert lm.sampler["cfg_scale"] == 0.5
+    with pytest.raises(ValueError, match="cfg and cfg_scale both set cfg_scale"):
+        parse_model_args(dict(cfg=0.5, cfg_scale=1.0))
+
+
+@pytest.fixture(scope="module")
+def model_with_sampler_defaults(tiny_model_path, tmp_path_factory) -> str:
+    """The tiny random model with its own sampler settings in config.json (as the embedded instruct model)."""
+    folder = tmp_path_factory.mktemp("with-defaults")
+    shutil.copytree(tiny_model_path, folder, dirs_exist_ok=True)
+    config = json.loads((folder / "config.json").read_text())
+    config["sampler_defaults"] = dict(gen_length=16, steps=8, block_length=8, temperature=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def test_unset_sampler_settings_take_the_checkpoints_then_the_fallbacks(model_with_sampler_defaults, tiny_model_path):
+    """A setting the model_args leave unset: the checkpoint's sampler_defaults, else the table's fallback."""
+    lm = GenjoEvalHarness(model_path=model_with_sampler_defaults, steps=16, device="cpu")
+    assert {k: lm.sampler[k] for k in ("gen_length", "steps", "block_length")} == dict(
+        gen_length=16, steps=16, block_length=8)  # fmt: skip
+    assert lm.sampler["remasking"] == FALLBACKS["remasking"]  # not in the checkpoint's settings
+    assert lm.generate_kwargs(16)["steps"] == 16 and lm.get_model_info()["genjo_sampler"] == lm.sampler
+    plain = GenjoEvalHarness(model_path=tiny_model_path, device="cpu")  # no sampler_defaults
+    assert plain.sampler == FALLBACKS
+    # A setting that disagrees with the checkpoint's: checked once the model loads, saying where each came from.
+    with pytest.raises(ValueError, match=r"multiple of the number of blocks.*gen_length=16 from the checkpoint"):
+        GenjoEvalHarness(model_path=model_with_sampler_defaults, steps=3, device="cpu")
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(cfg="high"), "cfg='high' is not a number"),
+        (dict(cfg_scale="nan"), "cfg_scale=nan is not a finite number"),
+        (dict(cfg=-1), r"cfg_scale \(-1.0\) must be >= 0 .*\(model_args: cfg= sets cfg_scale\)"),
+        (dict(steps=2.5), "steps=2.5 must be an integer"),
+        (dict(gen_length="long"), "gen_length='long' must be an integer"),
+        (dict(early_stop="sometimes"), "early_stop='sometimes' is not a boolean"),
+        (dict(cache="Dual"), "cache='Dual' is unknown; use one of prefix, dual"),
+        (dict(dtype="int8"), "dtype='int8' is unknown"),
+        (dict(mc_num=0), r"mc_num \(0\) must be >= 1"),
+        (dict(max_length=1), r"max_length \(1\) must be >= 2"),
+        (dict(cfg_sclae=1.0), r"cfg_sclae \(did you mean cfg_scale\?\)"),
+        (dict(gen_length=12, block_length=8), r"gen_length \(12\) must be a multiple of block_length"),
+    ],
+)
+def test_bad_model_args_name_the_key_before_the_model_loads(bad, message):
+    """Cast and checked before anything loads: a missing checkpoint is not what fails."""
+    with pytest.raises(ValueError, match=message):
+        GenjoEvalHarness(model_path="/no/such/checkpoint", **bad)
+
+
 def test_encode_pair_moves_trailing_whitespace(harness):
     tok = harness.tokenizer
-    context_ids, continuation_ids = harness._encode_pair("The capital of France is ", "Paris.")
+    context_ids, continuation_ids = harness.encode_pair("The capital of France is ", "Paris.")
     assert context_ids == tok("The capital of France is", add_special_tokens=False)["input_ids"]
     assert tok.decode(continuation_ids) == " Paris."
     assert (
@@ -137,7 +199,7 @@ def test_apply_chat_template_as_lm_eval_calls_it(harness):
     assert [text for text, template in prefilled.pieces if not template] == ["Sort: 3 1 2", "1"]
     tok = harness.tokenizer
     for text in (prompt, prefilled):  # no special token spelled in a message: exactly the tokenizer's ids
-        assert harness._encode(text) == tok(str(text), add_special_tokens=False)["input_ids"]
+        assert harness.encode_prompt(text) == tok(str(text), add_special_tokens=False)["input_ids"]
     assert harness.chat_template(True) == tok.chat_template and harness.chat_template(False) is None
     assert harness.tokenizer_name == harness.model_path.replace("/", "__")
     assert pickle.loads(pickle.dumps(prefilled)).pieces == prefilled.pieces  # lm-eval's request cache
@@ -150,13 +212,13 @@ def test_apply_chat_template_as_lm_eval_calls_it(harness):
 def test_encode_pair_keeps_the_templates_whitespace_in_the_context(harness):
     """Without gen_prefix the continuation is the whole answer; the header's newlines stay in the context."""
     context = harness.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}])
-    context_ids, answer_ids = harness._encode_pair(context, "5")
+    context_ids, answer_ids = harness.encode_pair(context, "5")
     assert harness.tokenizer.decode(context_ids) == context
     assert answer_ids == harness.tokenizer("5", add_special_tokens=False)["input_ids"]
     prefilled = harness.apply_chat_template(
         [{"role": "user", "content": "Sort: 3 1 2"}, {"role": "assistant", "content": "1"}], add_generation_prompt=False
     )
-    context_ids, rest_ids = harness._encode_pair(prefilled, " 2 3")
+    context_ids, rest_ids = harness.encode_pair(prefilled, " 2 3")
     assert harness.tokenizer.decode(context_ids).endswith(ASSISTANT + "1")
     assert harness.tokenizer.decode(rest_ids) == " 2 3"
 
@@ -168,7 +230,7 @@ def test_special_tokens_spelled_by_a_message_are_plain_text(harness):
     """Only the chat template's own text holds special tokens; a message's spelling is text, never [MASK]."""
     tok, ids = harness.tokenizer, special_token_ids(harness.tokenizer)
     prompt = harness.apply_chat_template([{"role": "user", "content": SPELLED}])
-    encoded = harness._encode(prompt)
+    encoded = harness.encode_prompt(prompt)
     assert harness.mask_id not in encoded
     plain = tok(SPELLED, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     assert not set(plain) & set(ids.values())
@@ -178,8 +240,8 @@ def test_special_tokens_spelled_by_a_message_are_plain_text(harness):
     assert encoded == head + plain + tail
     assert encoded.count(ids["eot_token_id"]) == 1 and encoded.count(ids["start_header_id"]) == 2
     # Without a chat template everything is text; so are likelihood continuations.
-    assert harness._encode(SPELLED) == plain
-    context_ids, continuation_ids = harness._encode_pair(prompt, " <|mdm_mask|>")
+    assert harness.encode_prompt(SPELLED) == plain
+    context_ids, continuation_ids = harness.encode_pair(prompt, " <|mdm_mask|>")
     assert harness.mask_id not in context_ids + continuation_ids
     assert tok.decode(continuation_ids) == " <|mdm_mask|>"
 
@@ -190,7 +252,7 @@ def test_a_template_that_hides_its_messages_still_never_reads_the_mask(tiny_mode
     with caplog.at_level("WARNING"):
         prompt = lm.apply_chat_template([{"role": "user", "content": "<|mdm_mask|><|eot_id|>"}])
     assert "Could not tell" in caplog.text
-    assert lm.mask_id not in lm._encode(prompt)
+    assert lm.mask_id not in lm.encode_prompt(prompt)
 
 
 # ----------------------------------------------------------------------------- likelihood
@@ -286,8 +348,8 @@ def test_generate_until_batches_keep_order_and_cut_at_stops(tiny_model_path):
 
     eot = "<|eot_id|>"
     ids = batched.tokenizer("1 2 3" + eot + "junk\nmore", add_special_tokens=False)["input_ids"]
-    assert batched._finish(ids, ["\n"]) == "1 2 3"  # the end of the turn ends the answer
-    assert batched._finish(encode_plain(batched.tokenizer, "1 2 3 junk\nmore"), ["junk"]) == "1 2 3 "
+    assert batched.cut_answer(ids, ["\n"]) == "1 2 3"  # the end of the turn ends the answer
+    assert batched.cut_answer(encode_plain(batched.tokenizer, "1 2 3 junk\nmore"), ["junk"]) == "1 2 3 "
 
 
 def test_device_map_loads_through_accelerate_and_answers_the_same(tiny_model_path, harness):
@@ -318,9 +380,9 @@ def test_random_sampling_is_seeded_per_request(tiny_model_path):
 
 def test_max_gen_toks_shortens_the_answer_to_whole_blocks(tiny_model_path):
     lm = GenjoEvalHarness(model_path=tiny_model_path, **{**FAST, "gen_length": 12, "block_length": 4, "steps": 6})
-    assert [lm._answer_length({"max_gen_toks": n}) for n in (1, 4, 5, 12, 256)] == [4, 4, 8, 12, 12]
-    assert lm._answer_length({}) == 12
-    assert lm._generate_kwargs(8)["steps"] == 4  # 2 steps per block, as in the full setting
+    assert [lm.answer_length({"max_gen_toks": n}) for n in (1, 4, 5, 12, 256)] == [4, 4, 8, 12, 12]
+    assert lm.answer_length({}) == 12
+    assert lm.generate_kwargs(8)["steps"] == 4  # 2 steps per block, as in the full setting
     reqs = _chat_requests(lm, QUESTIONS[:2], max_gen_toks=3) + _chat_requests(lm, QUESTIONS[2:], max_gen_toks=9)
     for r in reqs:
         r.task_name = "short" if r.args[1]["max_gen_toks"] == 3 else "long"
