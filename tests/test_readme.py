@@ -148,3 +148,10 @@ def test_commands_in_the_documentation_use_the_current_flag_spellings(document):
     commands += re.findall(r"`((?:python|\./|accelerate|ACCELERATE)[^`\n]*)`", text)
     old = sorted({word for code in commands for word in re.findall(r"--[\w-]+", code) if word in OLD_FLAGS})
     assert not old, f"{document.relative_to(ROOT)} writes the old flag spellings {old} in a command"
+    # A flag named in prose is one of the current ones too, unless the line says it is the old spelling.
+    prose = [
+        line.strip()
+        for line in FENCED_BLOCK.sub("", text).splitlines()
+        if set(re.findall(r"`(--[\w-]+)`", line)) & OLD_FLAGS and not re.search(r"\bold(er)?\b", line, re.I)
+    ]
+    assert not prose, f"{document.relative_to(ROOT)} names old flag spellings in: {prose}"
