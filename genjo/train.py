@@ -439,7 +439,8 @@ def evaluate(
     chunks = range(0, len(mine), 64)
     for start in tqdm(chunks, desc="held-out accuracy", leave=False, disable=not progress):
         chunk = mine[start : start + 64]
-        for problem, answer in zip(chunk, answer_questions(model, tokenizer, [p.question for p in chunk])):
+        answers = answer_questions(model, tokenizer, [p.question for p in chunk], **tinyworld.SAMPLER_DEFAULTS)
+        for problem, answer in zip(chunk, answers):
             for key in (problem.family, "all"):
                 total[key] = total.get(key, 0) + 1
                 correct[key] = correct.get(key, 0) + (answer == problem.answer)
@@ -651,9 +652,7 @@ def train(args: TrainArgs, data=None) -> str:
     final = args.export or str(run_dir / "final")
     sampler = None
     if args.stage == "sft" and not args.data:
-        from .evaluation import TINY_SAMPLER_DEFAULTS
-
-        sampler = dict(TINY_SAMPLER_DEFAULTS)
+        sampler = dict(tinyworld.SAMPLER_DEFAULTS)
     full_state = accelerator.get_state_dict(model) if fsdp else None
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
