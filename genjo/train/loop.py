@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import tinyworld
+from ..evaluation import family_accuracy
 from ..tokenizer import build_tokenizer
 from .args import TrainArgs, check_args
 from .data import training_data
@@ -61,24 +62,18 @@ def micro_slices(tensor, rows: slice, n: int) -> list:
 def evaluate(
     model, tokenizer, args: TrainArgs, rank: int = 0, world_size: int = 1, progress: bool = False
 ) -> tuple[dict[str, float], int]:
-    """Exact-match accuracy per family on fixed held-out problems (this process's share), and its size."""
-    from ..evaluation import answer_questions
+    """Exact-match accuracy per family on fixed held-out problems (this process's share), and its size.
 
+    The answers use the tiny world's own sampler settings (tinyworld.SAMPLER_DEFAULTS), whatever the model
+    under training has in its config.
+    """
     problems = tinyworld.sample_problems(args.eval_problems * len(tinyworld.FAMILIES), seed=10_000, split="heldout")
     mine = problems[rank::world_size]
     was_training = model.training
     model.eval()
-    correct, total = {}, {}
-    chunks = range(0, len(mine), 64)
-    for start in tqdm(chunks, desc="held-out accuracy", leave=False, disable=not progress):
-        chunk = mine[start : start + 64]
-        answers = answer_questions(model, tokenizer, [p.question for p in chunk], **tinyworld.SAMPLER_DEFAULTS)
-        for problem, answer in zip(chunk, answers):
-            for key in (problem.family, "all"):
-                total[key] = total.get(key, 0) + 1
-                correct[key] = correct.get(key, 0) + (answer == problem.answer)
+    accuracy = family_accuracy(model, tokenizer, mine, progress=progress, **tinyworld.SAMPLER_DEFAULTS)
     model.train(was_training)
-    return {key: correct[key] / total[key] for key in total}, len(mine)
+    return accuracy, len(mine)
 
 
 @torch.no_grad()
