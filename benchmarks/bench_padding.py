@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from generate import generate  # noqa: E402
 from genjo import tinyworld  # noqa: E402
-from genjo.evaluation import chat_prompt_batch  # noqa: E402
+from genjo.chat_format import question_batch as chat_prompt_batch  # noqa: E402
 from genjo.loading import add_model_arguments, load_from_args, sampler_defaults  # noqa: E402
 
 

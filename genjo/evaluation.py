@@ -7,26 +7,11 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Optional
 
-import torch
 from tqdm.auto import tqdm
 
-from .chat_format import encode_chat
-
-# Sampler settings of the embedded instruct model: its answers are at most 16 tokens, so a 32-slot
-# canvas decoded one token per step in one block covers every family.
-TINY_SAMPLER_DEFAULTS = dict(gen_length=32, steps=32, block_length=32, temperature=0.0, remasking="low_confidence")
-
-
-def chat_prompt_batch(tokenizer, questions: Sequence[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded (B, L) int64 input ids and attention mask of single-turn chat prompts."""
-    ids = [encode_chat(tokenizer, [{"role": "user", "content": q}], add_generation_prompt=True) for q in questions]
-    length = max(len(i) for i in ids)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (length - len(i)) + i for i in ids], dtype=torch.long, device=device)
-    attention_mask = torch.tensor(
-        [[0] * (length - len(i)) + [1] * len(i) for i in ids], dtype=torch.long, device=device
-    )
-    return input_ids, attention_mask
+from .chat_format import question_batch
+from .sampling import generate
+from .settings import resolve_sampler_settings
 
 
 def answer_questions(
@@ -37,14 +22,16 @@ def answer_questions(
     progress: bool = False,
     **generate_kwargs,
 ) -> list[str]:
-    """Answer each question as a single chat turn; returns the decoded answers (special tokens skipped)."""
-    from .sampling import generate
+    """Answer each question as a single chat turn; returns the decoded answers (special tokens skipped).
 
-    kwargs = {**TINY_SAMPLER_DEFAULTS, **generate_kwargs}
+    generate_kwargs: ``generate()`` keywords; each sampler setting left out is the checkpoint's own
+    (config.json ``sampler_defaults``), else the table's fallback (``genjo.settings.resolve_sampler_settings``).
+    """
+    kwargs = {**generate_kwargs, **resolve_sampler_settings(generate_kwargs, model)}
     answers = []
     starts = range(0, len(questions), batch_size)
     for start in tqdm(starts, desc="answering", disable=not progress):
-        prompt, attention_mask = chat_prompt_batch(tokenizer, questions[start : start + batch_size], model.device)
+        prompt, attention_mask = question_batch(tokenizer, questions[start : start + batch_size], model.device)
         out = generate(model, prompt, attention_mask, **kwargs)
         answers += tokenizer.batch_decode(out[:, prompt.shape[1] :], skip_special_tokens=True)
     return [a.strip() for a in answers]
@@ -115,13 +102,16 @@ def plot_learning_curve(curve_paths: Sequence[str], out_png: str) -> None:
 
 def main() -> None:
     """Per-family exact-match accuracy of a model on freshly sampled problems of the synthetic task world
-    (capitals, sorting, reversal, addition), answered as single chat turns with the checkpoint's sampler settings."""
+    (capitals, sorting, reversal, addition), answered as single chat turns with the sampler settings of the flags,
+    else the checkpoint's own (config.json sampler_defaults), else genjo.settings' fallbacks."""
     import argparse
 
     from . import tinyworld
-    from .loading import add_model_arguments, load_from_args, sampler_defaults
+    from .loading import add_model_arguments, load_from_args
+    from .settings import add_sampler_arguments
 
     parser = add_model_arguments(argparse.ArgumentParser(prog="python -m genjo.evaluation", description=main.__doc__))
+    add_sampler_arguments(parser)
     parser.add_argument("--per-family", type=int, default=500,
                         help="problems sampled per task family (default: %(default)s)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=123_456,
@@ -138,7 +128,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model, tokenizer = load_from_args(args)
-    settings = {**TINY_SAMPLER_DEFAULTS, **sampler_defaults(model)}
+    settings = resolve_sampler_settings(args, model)
     problems = tinyworld.sample_problems(args.per_family * len(tinyworld.FAMILIES), args.seed, split=args.split)
     acc = family_accuracy(model, tokenizer, problems, args.batch_size, progress=True, **settings)
     print(f"{args.per_family} {args.split} problems per family (seed {args.seed}); sampler: {settings}\n")

@@ -148,6 +148,12 @@ PRETRAIN_WEIGHTS = {
     "addition": 0.30,
 }
 
+# The sampler settings of the tiny world's instruct models: what the training recipe (genjo.train) writes into
+# a tiny-world SFT checkpoint's config.json ``sampler_defaults``, and what training's held-out evaluation
+# answers with. Every answer is at most 16 tokens, so a 32-slot canvas decoded one token per step in one
+# block covers every family.
+SAMPLER_DEFAULTS = dict(gen_length=32, steps=32, block_length=32, temperature=0.0, remasking="low_confidence")
+
 _CAPITAL_OF = dict(CAPITALS)
 
 # Plain-text templates per family. Fields: {q} the chat question, {x} the input

@@ -10,7 +10,7 @@ from conftest import require_checkpoint, run_outside_the_repo
 import genjo
 from generate import GenerationStats, generate
 from genjo import refresh_remote_code, tinyworld
-from genjo.evaluation import chat_prompt_batch
+from genjo.chat_format import question_batch
 from genjo.loading import DEFAULT_BASE_MODEL, DEFAULT_MODEL, load_model
 from genjo.tokenizer import special_token_ids
 
@@ -62,7 +62,7 @@ def test_early_stop_never_changes_greedy_answers(instruct):
     """Early exit on the embedded model's prompts: same canvas at temperature 0, fewer forwards."""
     model, tokenizer = instruct
     problems = tinyworld.sample_problems(16, seed=31, split="heldout")
-    prompt, mask = chat_prompt_batch(tokenizer, [p.question for p in problems])
+    prompt, mask = question_batch(tokenizer, [p.question for p in problems])
     for kwargs in (dict(steps=64), dict(threshold=0.9, cache="dual")):
         full = generate(model, prompt, mask, gen_length=64, block_length=16, **kwargs)
         stats = GenerationStats()
@@ -73,7 +73,7 @@ def test_early_stop_never_changes_greedy_answers(instruct):
 
 def test_threshold_above_one_is_one_token_per_step_on_the_embedded_model(instruct):
     model, tokenizer = instruct
-    prompt, mask = chat_prompt_batch(tokenizer, ["Reverse: alpha bravo charlie", "What is 12 + 30?"])
+    prompt, mask = question_batch(tokenizer, ["Reverse: alpha bravo charlie", "What is 12 + 30?"])
     default = generate(model, prompt, mask, steps=32, gen_length=32, block_length=32)
     assert torch.equal(generate(model, prompt, mask, gen_length=32, block_length=32, threshold=1.01), default)
 

@@ -120,14 +120,14 @@ def test_every_flag_says_what_it_does_and_its_default():
 
 
 def test_recipe_writes_into_the_run_folder_unless_asked_to_replace_the_shipped_models(monkeypatch):
-    import genjo.train as train_module
+    from genjo.train import cli, recipe
 
     exports = []
-    monkeypatch.setattr(train_module, "train", lambda args: exports.append(args.export) or "prev")
-    train_module.main(["recipe", "--run-dir", "runs/x"])
+    monkeypatch.setattr(recipe, "train", lambda args: exports.append(args.export) or "prev")
+    cli.main(["recipe", "--run-dir", "runs/x"])
     assert [e for e in exports if e] == ["runs/x/genjo-tiny-base", "runs/x/genjo-tiny-instruct"]
     exports.clear()
-    train_module.main(["recipe", "--replace-shipped"])
+    cli.main(["recipe", "--replace-shipped"])
     shipped = ROOT / "genjo" / "checkpoints"
     assert [e for e in exports if e] == [f"{shipped}/genjo-tiny-base", f"{shipped}/genjo-tiny-instruct"]
 

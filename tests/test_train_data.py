@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from genjo import GenjoModelLM, load_model
-from genjo.data import ChatPairs, JsonlStream, PackedRows, conversation_pairs, is_held_out
 from genjo.tokenizer import build_tokenizer
 from genjo.train import FileData, TrainArgs, enable_gradient_checkpointing, sft_loss, train
+from genjo.train.files import ChatPairs, JsonlStream, PackedRows, conversation_pairs, is_held_out
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(d_model=32, n_layers=2, n_heads=2, mlp_hidden_size=64, batch_size=8, lr=3e-3, warmup_steps=3,

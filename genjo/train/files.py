@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable
 from typing import Optional
 
-from .chat_format import encode_plain
+from ..chat_format import chat_pieces, encode_chat, encode_pieces, encode_plain
 
 # Prompt + answer pairs: (prompt ids, answer ids ending with the end-of-turn token).
 Pair = tuple[list[int], list[int]]
@@ -186,8 +186,6 @@ def conversation_pairs(tokenizer, messages: list, location: str = "messages") ->
     a spelled ``<|eot_id|>`` or ``<|mdm_mask|>`` stays characters. Returns [(prompt ids, answer ids)]
     (int lists), in order.
     """
-    from .chat_format import chat_pieces, encode_chat, encode_pieces
-
     for m in messages:
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
             raise ValueError(f"{location}: every message needs a string 'role' and 'content'; got {m!r:.80}.")

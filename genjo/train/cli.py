@@ -1,0 +1,19 @@
+"""The command line of ``python -m genjo.train``: a stage (pretrain, sft) or the tiny models' recipe."""
+
+from ..loading import CHECKPOINTS
+from . import recipe
+from .args import args_from_namespace, build_parser
+from .loop import train
+
+
+def main(argv=None) -> None:
+    """Parse the command line (argv, default sys.argv) and run the stage, or the recipe; prints the final folder."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.stage == "recipe":
+        if ns.replace_shipped and ns.export_root:
+            parser.error("--replace-shipped and --export-root are exclusive.")
+        export_root = str(CHECKPOINTS) if ns.replace_shipped else ns.export_root
+        recipe.reproduce_tiny_models(ns.run_dir, export_root, ns.seed, ns.scale)
+        return
+    print(train(args_from_namespace(ns)))

@@ -1,0 +1,186 @@
+"""Global training batches: the synthetic tiny world (a function of seed and step) or JSON-lines files.
+
+A data source has the interface of TinyWorldData: ``batch(step)`` -> (input_ids (b, L) int64, prompt_lengths
+(b,) int64 for SFT rows or None for pre-training rows), ``eval_batches()`` (the validation set, see
+FileData.eval_batches), and ``state_dict()`` / ``load_state_dict()`` (the read position, saved for --resume).
+Every process builds the same global batch and trains on its own slice of rows.
+"""
+
+import random
+from typing import Optional
+
+import torch
+
+from .. import tinyworld
+from ..chat_format import user_turn_ids
+from . import files
+from .args import TrainArgs
+
+
+def step_rng(args: TrainArgs, step: int) -> random.Random:
+    """The random numbers of a step's batch (not hash(): that is salted per process)."""
+    return random.Random(f"{args.stage}:{args.seed}:{step}")
+
+
+def packed_rows(rng: random.Random, tokenizer, n: int, length: int) -> list[list[int]]:
+    """n rows of `length` tokens cut from plain-text sentences joined by EOS."""
+    eos = tokenizer.eos_token_id
+    rows = []
+    for _ in range(n):
+        sentences = tinyworld.pretraining_documents(rng.getrandbits(63))
+        row: list[int] = []
+        while len(row) < length:
+            row += tokenizer(next(sentences), add_special_tokens=False)["input_ids"] + [eos]
+        start = rng.randrange(0, len(row) - length + 1)  # not always at a sentence start
+        rows.append(row[start : start + length])
+    return rows
+
+
+def pretrain_batch(args: TrainArgs, tokenizer, step: int) -> torch.Tensor:
+    """The global pre-training batch of a step: (batch_size, L) packed sentences separated by EOS."""
+    rng = step_rng(args, step)
+    batch = torch.tensor(packed_rows(rng, tokenizer, args.batch_size, args.seq_len), dtype=torch.long)
+    if rng.random() < args.crop_prob:
+        batch = batch[:, : rng.randint(1, args.seq_len)]
+    return batch
+
+
+def sft_example(tokenizer, problem: tinyworld.Problem) -> files.Pair:
+    """Prompt ids (chat template with generation prompt) and answer ids (+ <|eot_id|>)."""
+    answer = tokenizer(problem.answer, add_special_tokens=False)["input_ids"]
+    return user_turn_ids(tokenizer, problem.question), answer + [tokenizer.convert_tokens_to_ids("<|eot_id|>")]
+
+
+def sft_batch(args: TrainArgs, tokenizer, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global SFT batch of a step: input ids (b, L) right-padded with EOS, prompt lengths (b,)."""
+    rng = step_rng(args, step)
+    families = list(args.family_weights)
+    weights = [args.family_weights[f] for f in families]
+    examples = [
+        sft_example(tokenizer, tinyworld.sample_problem(rng, rng.choices(families, weights)[0], "train"))
+        for _ in range(args.batch_size)
+    ]
+    rows, prompt_lengths = padded_sft_rows(args, rng, examples, tokenizer.eos_token_id)
+    # Plain text keeps what pre-training taught (e.g. the capitals that are never asked in chat form);
+    # with prompt length 0 the SFT loss of such a row is the pre-training loss.
+    n_plain = round(args.sft_plain_text * args.batch_size)
+    if n_plain:
+        rows[-n_plain:] = packed_rows(rng, tokenizer, n_plain, len(rows[0]))
+        prompt_lengths[-n_plain:] = [0] * n_plain
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(prompt_lengths)
+
+
+def padded_sft_rows(args: TrainArgs, rng: random.Random, examples, eos: int) -> tuple[list, list]:
+    """Rows prompt + answer + EOS padding, all of one length, and the prompt lengths.
+
+    The length is the longest example plus 0-8 tokens, or (with probability sft_long_pad_prob) a random
+    length up to sft_max_len, so that the model learns to fill long canvases with EOS.
+    """
+    length = max(len(p) + len(a) for p, a in examples)
+    if rng.random() < args.sft_long_pad_prob:
+        length = rng.randint(length, max(length, args.sft_max_len))
+    else:
+        length += rng.randint(0, 8)
+    rows = [p + a + [eos] * (length - len(p) - len(a)) for p, a in examples]
+    return rows, [len(p) for p, _ in examples]
+
+
+class TinyWorldData:
+    """The synthetic tiny world: each global batch is a function of (seed, step), nothing to save."""
+
+    def __init__(self, args: TrainArgs, tokenizer):
+        self.args, self.tokenizer = args, tokenizer
+
+    def batch(self, step: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if self.args.stage == "pretrain":
+            return pretrain_batch(self.args, self.tokenizer, step), None
+        return sft_batch(self.args, self.tokenizer, step)
+
+    def eval_batches(self) -> list:
+        return []
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class FileData:
+    """Global batches read from JSON-lines files (genjo/train/files.py), in order; the read position is saved.
+
+    pretrain: (batch_size, seq_len) rows packed from documents joined by EOS, cropped to a random length
+    with probability crop_prob. sft: prompt + answer + EOS padding rows and their prompt lengths.
+    """
+
+    def __init__(self, args: TrainArgs, tokenizer):
+        self.args, self.tokenizer = args, tokenizer
+        key = "text" if args.stage == "pretrain" else "messages"
+        paths = files.data_files(args.data)
+        fraction = 0.0 if args.eval_data else args.eval_fraction
+        train_stream = files.JsonlStream(paths, key, keep=lambda line: not files.is_held_out(line, fraction),
+                                         shuffle_buffer=args.shuffle_buffer, seed=args.seed)  # fmt: skip
+        if args.eval_data:
+            eval_stream = files.JsonlStream(files.data_files(args.eval_data), key, loop=False)
+        elif fraction > 0:
+            eval_stream = files.JsonlStream(paths, key, keep=lambda line: files.is_held_out(line, fraction), loop=False)
+        else:
+            eval_stream = None
+        if args.stage == "pretrain":
+            self.reader = files.PackedRows(train_stream, tokenizer, args.seq_len)
+            self.eval_reader = eval_stream and files.PackedRows(eval_stream, tokenizer, args.seq_len)
+        else:
+            self.reader = files.ChatPairs(train_stream, tokenizer, args.sft_max_len, args.sft_turns, args.seed)
+            self.eval_reader = eval_stream and files.ChatPairs(eval_stream, tokenizer, args.sft_max_len, "all")
+        self._eval_batches = None
+
+    def batch(self, step: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        rng = step_rng(self.args, step)
+        if self.args.stage == "pretrain":
+            batch = torch.tensor(self.reader.rows(self.args.batch_size), dtype=torch.long)
+            if rng.random() < self.args.crop_prob:
+                batch = batch[:, : rng.randint(1, self.args.seq_len)]
+            return batch, None
+        rows, prompt_lengths = padded_sft_rows(self.args, rng, self.reader.pairs(self.args.batch_size),
+                                               self.tokenizer.eos_token_id)  # fmt: skip
+        return torch.tensor(rows, dtype=torch.long), torch.tensor(prompt_lengths)
+
+    def eval_batches(self) -> list[tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]]:
+        """The validation set as global batches of batch_size rows: (input_ids, prompt_lengths, weights).
+
+        The last batch is filled up with copies of a row of weight 0, so that every process gets the
+        same number of rows whatever the number of processes.
+        """
+        if self.eval_reader is None:
+            return []
+        if self._eval_batches is None:
+            self._eval_batches = self._read_eval_batches()
+        return self._eval_batches
+
+    def _read_eval_batches(self) -> list:
+        n, size, eos = self.args.eval_rows, self.args.batch_size, self.tokenizer.eos_token_id
+        if self.args.stage == "pretrain":
+            examples = [([], row) for row in self.eval_reader.rows(n)]
+        else:
+            examples = self.eval_reader.pairs(n)
+        batches = []
+        for start in range(0, len(examples), size):
+            chunk = examples[start : start + size]
+            weights = [1.0] * len(chunk) + [0.0] * (size - len(chunk))
+            chunk = chunk + [chunk[0]] * (size - len(chunk))
+            length = max(len(p) + len(a) for p, a in chunk)
+            rows = [p + a + [eos] * (length - len(p) - len(a)) for p, a in chunk]
+            prompt_lengths = torch.tensor([len(p) for p, _ in chunk]) if self.args.stage == "sft" else None
+            batches.append((torch.tensor(rows, dtype=torch.long), prompt_lengths, torch.tensor(weights)))
+        return batches
+
+    def state_dict(self) -> dict:
+        return self.reader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reader.load_state_dict(state)
+
+
+def training_data(args: TrainArgs, tokenizer):
+    """The data source of a run: your files with --data, else the tiny world."""
+    return FileData(args, tokenizer) if args.data else TinyWorldData(args, tokenizer)

@@ -1,0 +1,300 @@
+"""The training loop: one stage (pretrain or sft) of one objective, data-parallel under accelerate.
+
+Each step sets the learning rate (linear warm-up, cosine decay), takes the global batch of the data source
+(genjo/train/data.py) and the step's masking noise, trains on this process's slice of rows in grad_accum
+micro-batches with the objective's loss (genjo/train/losses.py), and every eval_every steps appends a record
+to RUN_DIR/learning_curve.jsonl (training loss, validation loss with --data, held-out accuracy in tiny-world
+SFT). Every save_every steps RUN_DIR/last holds a usable checkpoint plus what --resume needs.
+"""
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import tinyworld
+from ..evaluation import family_accuracy
+from ..tokenizer import build_tokenizer
+from .args import TrainArgs, check_args
+from .data import training_data
+from .losses import OBJECTIVES, forward_process, masked_cross_entropy, step_noise
+from .model import (
+    enable_gradient_checkpointing,
+    load_training_model,
+    load_training_tokenizer,
+    new_model,
+    save_checkpoint,
+)
+
+STATE_FILE = "training_state.pt"
+CURVE_FILE = "learning_curve.jsonl"
+
+
+def learning_rate(args: TrainArgs, step: int) -> float:
+    """Linear warm-up, then cosine decay to min_lr at the last step."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    progress = (step - args.warmup_steps) / max(1, args.steps - args.warmup_steps)
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def make_optimizer(args: TrainArgs, model: torch.nn.Module) -> torch.optim.AdamW:
+    """AdamW; no weight decay on norms and embeddings."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n)]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def micro_slices(tensor, rows: slice, n: int) -> list:
+    """This process's rows of a global (b, ...) tensor in n micro-batches, or n Nones for an absent tensor."""
+    return [None] * n if tensor is None else list(tensor[rows].chunk(n))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(
+    model, tokenizer, args: TrainArgs, rank: int = 0, world_size: int = 1, progress: bool = False
+) -> tuple[dict[str, float], int]:
+    """Exact-match accuracy per family on fixed held-out problems (this process's share), and its size.
+
+    The answers use the tiny world's own sampler settings (tinyworld.SAMPLER_DEFAULTS), whatever the model
+    under training has in its config.
+    """
+    problems = tinyworld.sample_problems(args.eval_problems * len(tinyworld.FAMILIES), seed=10_000, split="heldout")
+    mine = problems[rank::world_size]
+    was_training = model.training
+    model.eval()
+    accuracy = family_accuracy(model, tokenizer, mine, progress=progress, **tinyworld.SAMPLER_DEFAULTS)
+    model.train(was_training)
+    return accuracy, len(mine)
+
+
+@torch.no_grad()
+def validation_loss(model, batches, args: TrainArgs, mask_id: int, accelerator, progress: bool = False) -> float:
+    """The negative ELBO in nats per token on the validation set (fixed noise): an upper bound of the NLL.
+
+    pretrain: sum(CE / p) over masked slots / tokens. sft: the same over answer slots (prompt restored,
+    never masked) / answer tokens, the EOS padding to the batch's longest answer included.
+    batches: global (input_ids (b, L), prompt_lengths (b,) or None, weights (b,)) from FileData.eval_batches.
+    """
+    rank, world = accelerator.process_index, accelerator.num_processes
+    rows = slice(rank * args.batch_size // world, (rank + 1) * args.batch_size // world)
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(2, dtype=torch.float64)  # weighted nats, weighted tokens
+    for index, (input_ids, prompt_lengths, weights) in enumerate(
+        tqdm(batches, desc="validation loss", leave=False, disable=not progress)
+    ):
+        generator = torch.Generator().manual_seed(args.seed * 1_000_003 + index)  # the same noise at every eval
+        noisy, masked, p_mask = forward_process(input_ids, mask_id, args.eps, generator)
+        if prompt_lengths is None:
+            prompt_lengths = torch.zeros(input_ids.shape[0], dtype=torch.long)
+        prompt = torch.arange(input_ids.shape[1])[None, :] < prompt_lengths[:, None]
+        noisy, masked = torch.where(prompt, input_ids, noisy), masked & ~prompt
+        tensors = [t[rows] for t in (input_ids, noisy, masked, p_mask, prompt_lengths, weights)]
+        for part in zip(*(t.chunk(args.grad_accum) for t in tensors)):
+            ids, noisy_, masked_, p_, prompt_len, w = (t.to(accelerator.device) for t in part)
+            per_slot = masked_cross_entropy(model, noisy_, ids, masked_, p_)  # (b, L)
+            totals[0] += (per_slot.sum(1).double() * w).sum().item()
+            totals[1] += ((ids.shape[1] - prompt_len).double() * w).sum().item()
+    model.train(was_training)
+    totals = accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
+    return float(totals[0] / totals[1])
+
+
+def save_training_state(accelerator, model, optimizer, tokenizer, folder: Path, fsdp: bool, state: dict) -> None:
+    """Weights and tokenizer (a usable checkpoint) plus what --resume needs: step, tokens, data position,
+    optimizer (one file; under FSDP one shard per process in folder/optimizer)."""
+    full_state = accelerator.get_state_dict(model) if fsdp else None
+    accelerator.wait_for_everyone()
+    if fsdp:
+        from accelerate.utils import save_fsdp_optimizer
+
+        save_fsdp_optimizer(accelerator.state.fsdp_plugin, accelerator, optimizer, model, str(folder / "optimizer"))
+    else:
+        state["optimizer"] = optimizer.state_dict()
+    if accelerator.is_main_process:
+        save_checkpoint(accelerator.unwrap_model(model), tokenizer, str(folder), state_dict=full_state)
+        torch.save({**state, "world_size": accelerator.num_processes}, folder / STATE_FILE)
+    accelerator.wait_for_everyone()
+
+
+def gathered_accuracy(model, tokenizer, args, accelerator) -> dict[str, float]:
+    """Accuracy over all processes' shares of the held-out problems."""
+    acc, n = evaluate(model, tokenizer, args, accelerator.process_index, accelerator.num_processes,
+                      progress=accelerator.is_main_process)  # fmt: skip
+    keys = list(tinyworld.FAMILIES) + ["all"]
+    per_family = len(tinyworld.FAMILIES) and n // len(tinyworld.FAMILIES)
+    counts = torch.tensor([acc.get(k, 0.0) * (n if k == "all" else per_family) for k in keys], dtype=torch.float64)
+    totals = torch.tensor([n if k == "all" else per_family for k in keys], dtype=torch.float64)
+    counts = accelerator.reduce(counts.to(accelerator.device), reduction="sum").cpu()
+    totals = accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
+    return {k: round(float(c / t), 4) for k, c, t in zip(keys, counts, totals)}
+
+
+def train(args: TrainArgs, data=None) -> str:
+    """Run one stage; returns the folder of the final model.
+
+    data: optional source of global batches instead of the tiny world or --data, with the interface of
+    TinyWorldData (the reversal experiment, genjo/reversal.py, trains on its own facts this way).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    use_cuda = torch.cuda.is_available()
+    precision = {"auto": "bf16" if use_cuda else "no"}.get(args.mixed_precision, args.mixed_precision)
+    accelerator = Accelerator(mixed_precision=precision, cpu=not use_cuda)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    check_args(args, world)
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    run_dir = Path(args.run_dir)
+    last_dir = run_dir / "last"
+
+    state = None
+    if args.resume and (last_dir / STATE_FILE).exists():
+        # Only tensors and plain Python values: a checkpoint file cannot run code when loaded.
+        state = torch.load(last_dir / STATE_FILE, weights_only=True)
+        if state.get("world_size", world) != world and fsdp:
+            raise ValueError(f"{last_dir} holds FSDP optimizer shards of {state['world_size']} processes; "
+                             f"resume with the same number of processes (not {world}).")  # fmt: skip
+        tokenizer = load_training_tokenizer(last_dir)
+        model = load_training_model(last_dir)
+    elif args.init:
+        tokenizer = load_training_tokenizer(args.tokenizer or args.init)
+        model = load_training_model(args.init)
+    else:
+        torch.manual_seed(args.seed)
+        if args.tokenizer:
+            tokenizer = load_training_tokenizer(args.tokenizer)
+        else:
+            tokenizer = build_tokenizer(vocab_size=args.vocab_size)
+        model = new_model(args, tokenizer)
+    causal = bool(getattr(model.config, "causal", False))
+    if causal != OBJECTIVES[args.objective].causal:
+        kinds = ", ".join(f"'{name}' {'causal' if o.causal else 'bidirectional'}" for name, o in OBJECTIVES.items())
+        raise ValueError(f"--objective {args.objective} does not match the model (config.causal={causal}): "
+                         f"{kinds} models; pass the objective of the --init checkpoint.")  # fmt: skip
+    if len(tokenizer) > model.config.embedding_size:
+        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model only {model.config.embedding_size} "
+                         "embeddings; pass the tokenizer the model was trained with (--tokenizer).")  # fmt: skip
+    start_step = state["step"] if state else 0
+    mask_id = model.config.mask_token_id
+    if args.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if data is None:
+        data = training_data(args, tokenizer)
+    if state is not None:
+        data.load_state_dict(state.get("data", {}))
+    eval_batches = data.eval_batches()
+    optimizer = make_optimizer(args, model)
+    if state is not None and not fsdp:
+        optimizer.load_state_dict(state["optimizer"])
+    model.train()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    if state is not None and fsdp:
+        from accelerate.utils import load_fsdp_optimizer
+
+        load_fsdp_optimizer(accelerator.state.fsdp_plugin, accelerator, optimizer, model, str(last_dir / "optimizer"))
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "args.json").write_text(json.dumps(asdict(args), indent=2))
+        n_params = sum(p.numel() for p in unwrapped.parameters())
+        print(f"{args.stage}: {n_params / 1e6:.2f}M parameters, {world} process(es), steps {start_step}..{args.steps}")
+        if args.data:
+            unit = "rows" if args.stage == "pretrain" else "pairs"
+            n_eval = sum(int(w.sum()) for *_, w in eval_batches)
+            print(f"data: {args.data}; validation: {n_eval} {unit} from {args.eval_data or 'a held-out split'}")
+
+    rows = slice(rank * args.batch_size // world, (rank + 1) * args.batch_size // world)
+    loss_fn = OBJECTIVES[args.objective].loss
+    last_step = min(args.steps, args.stop_at or args.steps)
+    progress = tqdm(range(start_step, last_step), initial=start_step, total=last_step,
+                    disable=not accelerator.is_main_process, desc=args.stage)  # fmt: skip
+    tokens_seen = state["tokens"] if state else 0
+    t_start, tokens_start = time.perf_counter(), tokens_seen
+    t_record, tokens_record = time.perf_counter(), 0  # throughput since the last learning-curve record
+    recent: list[tuple[float, int]] = []  # (time, tokens) of the last steps, for the bar's tokens/s
+    window_losses: list[float] = []  # mean loss between two records of the learning curve
+    for step in progress:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(args, step)
+        input_ids, prompt_lengths = data.batch(step)
+        noise = step_noise(args.seed, args.stage, args.eps, input_ids, mask_id, step)
+        tensors = (input_ids, prompt_lengths, *noise)
+        micro_batches = list(zip(*(micro_slices(t, rows, args.grad_accum) for t in tensors)))
+        step_loss = torch.zeros((), device=accelerator.device)
+        for i, micro in enumerate(micro_batches):
+            # Gradients are averaged across processes once per step, after the last micro-batch.
+            with accelerator.no_sync(model) if i < len(micro_batches) - 1 else nullcontext():
+                loss = loss_fn(model, *(None if t is None else t.to(accelerator.device) for t in micro))
+                if args.grad_accum > 1:
+                    loss = loss / args.grad_accum
+                accelerator.backward(loss)
+            step_loss += loss.detach()
+        accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        tokens_seen += input_ids.numel()
+        tokens_record += input_ids.numel()
+        mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
+        window_losses.append(mean_loss)
+        recent = [*recent[-9:], (time.perf_counter(), input_ids.numel())]
+        rate = sum(n for _, n in recent[1:]) / (recent[-1][0] - recent[0][0]) if len(recent) > 1 else 0.0
+        progress.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{learning_rate(args, step):.1e}")
+
+        done = step + 1
+        if done % args.eval_every == 0 or done == last_step:
+            record = {"stage": args.stage, "step": done, "tokens": tokens_seen,
+                      "loss": sum(window_losses) / len(window_losses),
+                      "tokens_per_s": round(tokens_record / (time.perf_counter() - t_record), 1)}  # fmt: skip
+            window_losses = []
+            if eval_batches:
+                progress.set_description(f"{args.stage} (validation)")
+                record["val_loss"] = validation_loss(model, eval_batches, args, mask_id, accelerator,
+                                                     accelerator.is_main_process)  # fmt: skip
+            if args.stage == "sft" and not args.data:
+                progress.set_description(f"{args.stage} (held-out accuracy)")
+                record["accuracy"] = gathered_accuracy(unwrapped, tokenizer, args, accelerator)
+            if use_cuda:
+                peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], device=accelerator.device)
+                record["peak_memory_gib"] = [round(x, 2) for x in accelerator.gather(peak).tolist()]
+            progress.set_description(args.stage)
+            if accelerator.is_main_process:
+                progress.write(json.dumps(record))
+                with open(run_dir / CURVE_FILE, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            t_record, tokens_record = time.perf_counter(), 0
+        if done % args.save_every == 0 or done == last_step:
+            save_training_state(accelerator, model, optimizer, tokenizer, last_dir, fsdp,
+                                 {"step": done, "tokens": tokens_seen, "data": data.state_dict()})  # fmt: skip
+
+    if accelerator.is_main_process:
+        elapsed = time.perf_counter() - t_start
+        print(f"{tokens_seen - tokens_start} tokens in {elapsed:.0f} s: "
+              f"{(tokens_seen - tokens_start) / max(elapsed, 1e-9):.0f} tokens/s over {world} process(es)")  # fmt: skip
+    if use_cuda:
+        peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**30], device=accelerator.device)
+        peaks = ", ".join(f"{x:.2f}" for x in accelerator.gather(peak).tolist())
+        if accelerator.is_main_process:
+            print(f"peak memory per process (GiB): {peaks}")
+    final = args.export or str(run_dir / "final")
+    sampler = None
+    if args.stage == "sft" and not args.data:  # a tiny-world instruct model: answers with the tiny world's settings
+        sampler = dict(tinyworld.SAMPLER_DEFAULTS)
+    full_state = accelerator.get_state_dict(model) if fsdp else None
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_checkpoint(unwrapped, tokenizer, final, sampler, full_state)
+        if getattr(data, "reader", None) is not None and getattr(data.reader, "skipped", 0):
+            print(f"skipped {data.reader.skipped} prompt/answer pairs longer than --sft-max-len {args.sft_max_len}")
+    accelerator.wait_for_everyone()
+    return final

@@ -1,0 +1,91 @@
+"""The model being trained: a new one built from TrainArgs, or a checkpoint loaded to start from; gradient
+checkpointing; and saving a usable checkpoint folder."""
+
+import functools
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..configuration_genjo import GenjoConfig
+from ..loading import load_config, load_tokenizer
+from ..modeling_genjo import GenjoModelLM
+from ..tokenizer import special_token_ids
+from .args import TrainArgs
+from .losses import OBJECTIVES
+
+
+def new_model(args: TrainArgs, tokenizer) -> GenjoModelLM:
+    """A freshly initialised fp32 model of the architecture in args (causal when the objective is)."""
+    ids = special_token_ids(tokenizer)
+    missing = [name for name, i in ids.items() if i is None or i == tokenizer.unk_token_id]
+    if missing:
+        raise ValueError(f"The tokenizer lacks the special tokens of {missing}; Genjo needs those of "
+                         "genjo/tokenizer.py (SPECIAL_TOKENS), e.g. <|mdm_mask|> for the mask.")  # fmt: skip
+    if len(tokenizer) > args.vocab_size:
+        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but --vocab-size is {args.vocab_size}; "
+                         f"pass --vocab-size {len(tokenizer)} or more.")  # fmt: skip
+    config = GenjoConfig(
+        d_model=args.d_model,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        n_kv_heads=args.n_heads,
+        mlp_hidden_size=args.mlp_hidden_size,
+        rope_theta=args.rope_theta,
+        max_sequence_length=args.max_sequence_length,
+        vocab_size=args.vocab_size,
+        embedding_size=args.vocab_size,
+        mask_token_id=ids["mask_token_id"],
+        eos_token_id=ids["eos_token_id"],
+        pad_token_id=ids["pad_token_id"],
+        bos_token_id=ids["bos_token_id"],
+        eot_token_id=ids["eot_token_id"],
+        init_fn="mitchell",
+        precision="fp32",
+        causal=OBJECTIVES[args.objective].causal,
+    )
+    return GenjoModelLM(config)
+
+
+def load_training_tokenizer(folder):
+    """A checkpoint's tokenizer (never through remote code: a published folder's auto_map would prompt), or
+    a tokenizer-only folder's."""
+    if (Path(folder) / "config.json").exists():
+        return load_tokenizer(str(folder))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+
+
+def load_training_model(folder) -> GenjoModelLM:
+    """A Genjo or published-layout checkpoint in fp32, its config read without remote code."""
+    return GenjoModelLM.from_pretrained(str(folder), config=load_config(str(folder)), dtype=torch.float32)
+
+
+def enable_gradient_checkpointing(model: GenjoModelLM) -> None:
+    """Recompute each GenjoBlock's activations in the backward pass instead of keeping them.
+
+    Memory for activations drops from one set per block to one block's worth, for about one more
+    forward pass of compute. Gradients are unchanged.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    def checkpointed(forward, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    for block in model.model.transformer.blocks:
+        block.forward = functools.partial(checkpointed, block.forward)
+
+
+def save_checkpoint(model, tokenizer, folder: str, sampler_defaults: Optional[dict] = None, state_dict=None) -> None:
+    """Hugging Face folder with weights (safetensors), config, modeling code and tokenizer.
+
+    sampler_defaults: written into config.json (the settings scripts use for flags left unset), or None.
+    state_dict: the full weights when the model is sharded (FSDP), else None (the model's own).
+    """
+    if sampler_defaults is not None:
+        model.config.sampler_defaults = sampler_defaults
+    model.save_pretrained(folder, state_dict=state_dict)
+    tokenizer.save_pretrained(folder)
