@@ -39,7 +39,7 @@ def test_wheel_holds_the_library_and_every_checkpoint_file(wheel):
         if p.is_file() and "__pycache__" not in p.parts
     ]
     assert any(name.endswith("model.safetensors") for name in checkpoint_files)
-    package_modules = [p.relative_to(ROOT).as_posix() for p in sorted((ROOT / "genjo").glob("*.py"))]
+    package_modules = [p.relative_to(ROOT).as_posix() for p in sorted((ROOT / "genjo").rglob("*.py"))]
     missing = [f for f in [*checkpoint_files, *package_modules, *TOP_LEVEL_MODULES] if f not in names]
     assert not missing, f"not in the wheel (pyproject.toml's package-data / py-modules): {missing}"
     # Only the library: no tests, benchmarks or scripts that run from the clone.
