@@ -446,7 +446,7 @@ class GenjoModelLM(GenjoPreTrainedModel):
         if output_attentions:
             raise ValueError("output_attentions=True is not supported: attention runs in fused SDPA kernels.")
         if labels is not None:
-            logger.warning_once("labels are ignored: the masked-diffusion loss lives in genjo.train.losses; loss is None.")
+            logger.warning_once("labels are ignored: the diffusion loss lives in genjo.train.losses; loss is None.")
         if input_ids is None and inputs_embeds is None:
             raise ValueError("Pass input_ids (B, T) or inputs_embeds (B, T, D).")
         if use_cache is None:
