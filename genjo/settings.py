@@ -98,6 +98,14 @@ def add_sampler_arguments(
     return parser
 
 
+class _BooleanWithHiddenSpellings(argparse.BooleanOptionalAction):
+    """BooleanOptionalAction that also obeys its hidden spellings: the stock one sets the value only for an
+    option string still in ``option_strings``, so ``--eos-inf`` would parse and silently do nothing."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, not (option_string or "").startswith("--no-"))
+
+
 def add_renamed_argument(parser, flag: str, *old_spellings: str, **kwargs) -> argparse.Action:
     """``parser.add_argument(flag, **kwargs)`` that also accepts the flag's older spellings, unlisted.
 
@@ -107,6 +115,8 @@ def add_renamed_argument(parser, flag: str, *old_spellings: str, **kwargs) -> ar
     under ``flag``'s name (``args.cfg_scale``); a BooleanOptionalAction's ``--no-`` forms of the old
     spellings are hidden too.
     """
+    if kwargs.get("action") is argparse.BooleanOptionalAction:
+        kwargs["action"] = _BooleanWithHiddenSpellings
     action = parser.add_argument(flag, *old_spellings, **kwargs)
     # The old spellings stay in the parser's table of option strings (so they parse) but leave the action's
     # own list, which is what --help, the usage line and error messages print.
