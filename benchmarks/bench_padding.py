@@ -12,18 +12,14 @@ products round differently for different shapes, which can flip a near-tie betwe
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from generate import generate  # noqa: E402
 from genjo import tinyworld  # noqa: E402
 from genjo.evaluation import chat_prompt_batch  # noqa: E402
 from genjo.loading import add_model_arguments, load_from_args, sampler_defaults  # noqa: E402
+from genjo.sampling import generate
 
 
 def main() -> None:

@@ -14,16 +14,13 @@ import argparse
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from generate import GenerationStats, generate  # noqa: E402
 from genjo import tinyworld  # noqa: E402
 from genjo.evaluation import chat_prompt_batch  # noqa: E402
 from genjo.loading import add_model_arguments, load_from_args  # noqa: E402
+from genjo.sampling import GenerationStats, generate
 
 SETTINGS = {  # name -> generate() keyword arguments on top of gen_length/block_length
     "default (1 token/step)": dict(),
