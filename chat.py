@@ -10,9 +10,10 @@ ends with ``<|eot_id|>`` and the next turn reads ``...<|eot_id|><|start_header_i
 user types is tokenized as plain text: typing ``<|eot_id|>`` or ``<|mdm_mask|>`` gives those characters,
 never the special tokens.
 
-Sampler flags left unset take the checkpoint's own settings (config.json ``sampler_defaults``), else
-128 answer tokens, 128 steps, blocks of 32, greedy, low_confidence. Bad flags, an unknown ``--device``
-or a ``--model`` that does not load are reported in one line before the first question.
+Sampler flags left unset take the checkpoint's own settings (config.json ``sampler_defaults``), else the
+fallbacks of ``genjo.settings``: 128 answer tokens, 128 steps, one block of 128, greedy, low_confidence,
+no guidance. Bad flags, an unknown ``--device`` or a ``--model`` that does not load are reported in one
+line before the first question.
 
 Commands: ``/quit`` (or EOF) ends the chat with exit status 0, ``/reset`` forgets the conversation,
 ``/history`` prints the conversation exactly as the model reads it (special tokens included).
@@ -21,16 +22,16 @@ conversation unchanged; Ctrl-C at the prompt ends the chat with exit status 130 
 """
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
-from genjo.chat_format import encode_chat
-from genjo.loading import add_model_arguments, load_from_args, sampler_defaults
-from genjo.sampling import REMASKING, check_canvas, check_prompt, check_sampler_settings, generate
+from genjo.chat_format import user_turn_ids
+from genjo.loading import add_model_arguments, load_from_args
+from genjo.sampling import check_canvas, check_prompt, check_sampler_settings, generate
+from genjo.settings import CORE_SETTINGS, FALLBACKS, SETTINGS, add_sampler_arguments, resolve_sampler_settings
 
 BANNER_WIDTH = 66
 RULE_WIDTH = 71
@@ -43,19 +44,8 @@ HELP = (
 THINKING = "(answering; Ctrl-C cancels)"
 CANCELLED = "(answer cancelled; the conversation is unchanged)"
 EXIT_INTERRUPTED = 130  # what a shell reports for a program ended by Ctrl-C (128 + SIGINT)
-# Sampler settings of a checkpoint whose config names none.
-FALLBACK_SETTINGS = {"gen_length": 128, "steps": 128, "block_length": 32, "temperature": 0.0,
-                     "remasking": "low_confidence"}  # fmt: skip
-
-
-def user_turn_ids(tokenizer, question: str) -> list[int]:
-    """Token ids of one user message plus the assistant header, as the chat template renders it.
-
-    Starts with the BOS: ``<|startoftext|><|start_header_id|>user<|end_header_id|>\\n\\n{question}<|eot_id|>
-    <|start_header_id|>assistant<|end_header_id|>\\n\\n``. The question is tokenized as plain text, so
-    a special token spelled in it stays text.
-    """
-    return encode_chat(tokenizer, [{"role": "user", "content": question}], add_generation_prompt=True)
+# The sampler flags chat.py offers: one answer at a time, so the settings of the answer's length and schedule.
+CHAT_SETTINGS = CORE_SETTINGS
 
 
 @dataclass
@@ -69,18 +59,23 @@ class ChatSession:
 
     model: object
     tokenizer: object
-    gen_length: int = 128
-    steps: int = 128
-    block_length: int = 32
-    temperature: float = 0.0
-    cfg_scale: float = 0.0
-    remasking: str = "low_confidence"
+    gen_length: int = FALLBACKS["gen_length"]
+    steps: int = FALLBACKS["steps"]
+    block_length: int = FALLBACKS["block_length"]
+    temperature: float = FALLBACKS["temperature"]
+    cfg_scale: float = FALLBACKS["cfg_scale"]
+    remasking: str = FALLBACKS["remasking"]
     bos: list[int] = field(default_factory=list)  # the BOS (taken from the first turn's ids)
     turns: list[list[int]] = field(default_factory=list)  # finished turns, without the BOS
 
     @property
     def max_length(self) -> Optional[int]:
         return getattr(getattr(self.model, "config", None), "max_sequence_length", None)
+
+    @property
+    def settings(self) -> dict:
+        """The generate() keyword arguments of every answer: {name: value} of CHAT_SETTINGS."""
+        return {name: getattr(self, name) for name in CHAT_SETTINGS}
 
     def reset(self) -> None:
         """Forget the conversation."""
@@ -90,8 +85,7 @@ class ChatSession:
         """ValueError (naming the setting) unless generate() accepts these settings for a one-question chat."""
         probe = torch.tensor([user_turn_ids(self.tokenizer, "")], dtype=torch.long)  # (1, L)
         check_prompt(self.model, probe)
-        check_sampler_settings(self.model, steps=self.steps, gen_length=self.gen_length, block_length=self.block_length,
-                               temperature=self.temperature, cfg_scale=self.cfg_scale, remasking=self.remasking)
+        check_sampler_settings(self.model, **self.settings)
         check_canvas(self.model, probe, None, self.gen_length, None)
 
     def history_ids(self, turns: Optional[list[list[int]]] = None) -> list[int]:
@@ -125,8 +119,7 @@ class ChatSession:
         prompt, kept = self.build_prompt(question)
         device = getattr(self.model, "device", None)
         ids = torch.tensor([prompt], dtype=torch.long, device=device)  # (1, L)
-        out = generate(self.model, ids, steps=self.steps, gen_length=self.gen_length, block_length=self.block_length,
-                       temperature=self.temperature, cfg_scale=self.cfg_scale, remasking=self.remasking)  # fmt: skip
+        out = generate(self.model, ids, **self.settings)
         answer_ids = out[0, len(prompt) :].tolist()  # (gen_length,)
         reply = self.tokenizer.decode(answer_ids, skip_special_tokens=True)
         eos = self.tokenizer.eos_token_id
@@ -189,26 +182,6 @@ def chat_loop(session: ChatSession, input_fn=input, print_fn=print) -> int:
         print_fn("-" * RULE_WIDTH)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
-    return value
-
-
 def check_device(name: Optional[str]) -> None:
     """ValueError unless ``name`` (a --device value; None = automatic) names a device this machine has."""
     if name is None:
@@ -228,47 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = add_model_arguments(
         argparse.ArgumentParser(prog="chat.py", description="Chat with a Genjo instruct model.")
     )
-    unset = "the checkpoint's sampler_defaults, else"
-    parser.add_argument(
-        "--gen-length", type=_positive_int, default=None, help=f"answer tokens per turn (default: {unset} 128)"
-    )
-    parser.add_argument(
-        "--steps",
-        type=_positive_int,
-        default=None,
-        help=f"sampling steps (forward passes) per answer (default: {unset} 128)",
-    )
-    parser.add_argument(
-        "--block-length",
-        type=_positive_int,
-        default=None,
-        help=f"tokens per semi-autoregressive block; divides --gen-length (default: {unset} 32)",
-    )
-    parser.add_argument(
-        "--temperature",
-        type=_non_negative_float,
-        default=None,
-        help=f"sampling temperature, 0 = greedy (default: {unset} 0.0)",
-    )
-    parser.add_argument(
-        "--cfg",
-        type=_non_negative_float,
-        default=0.0,
-        help="classifier-free guidance scale, 0 = none (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--remasking",
-        choices=REMASKING,
-        default=None,
-        help=f"which proposals each step commits: the most confident or random ones (default: {unset} low_confidence)",
-    )
     parser.add_argument(
         "--seed",
         type=int,
         default=None,
         help="seed of torch's RNG, for temperature > 0 or random remasking (default: none, unseeded)",
     )
-    return parser
+    return add_sampler_arguments(parser, names=CHAT_SETTINGS)
 
 
 def _one_line(error: BaseException) -> str:
@@ -292,15 +231,11 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
     except Exception as error:  # any load failure (missing folder, bad hub id, broken files) is one line
         parser.exit(1, f"{parser.prog}: error: cannot load --model {args.model}: {_one_line(error)}\n")
-    given = {"gen_length": args.gen_length, "steps": args.steps, "block_length": args.block_length,
-             "temperature": args.temperature, "remasking": args.remasking}  # fmt: skip
-    settings = {**FALLBACK_SETTINGS, **sampler_defaults(model)}
-    settings.update({name: value for name, value in given.items() if value is not None})
-    session = ChatSession(model, tokenizer, cfg_scale=args.cfg, **{name: settings[name] for name in given})
+    session = ChatSession(model, tokenizer, **resolve_sampler_settings(args, model, names=CHAT_SETTINGS))
     try:
         session.check_settings()
     except ValueError as error:
-        shown = ", ".join(f"{name}={getattr(session, name)}" for name in (*given, "cfg_scale"))
+        shown = ", ".join(f"{SETTINGS[name].flag} {value}" for name, value in session.settings.items())
         parser.error(f"bad sampler settings ({shown}): {error}")
     try:
         return chat_loop(session)

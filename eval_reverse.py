@@ -16,8 +16,12 @@ format of the original evaluation:
 An answer is correct when the expected line is contained in the decoded output (``--match contains``,
 as the original) or equal to it after stripping (``--match exact``).
 
-    python eval_reverse.py --data pairs.jsonl --model /path/to/Genjo-8B-Instruct
-    python eval_reverse.py --data pairs.jsonl --type btf --gen-length 28 --cfg 0
+Sampler flags left unset take the checkpoint's ``sampler_defaults``, else the fallbacks of ``genjo.settings``
+(128 tokens in one block of 128 steps). The original evaluation decoded 28 tokens in one block, one token
+per step, greedy: pass ``--gen-length 28 --steps 28 --block-length 28`` to match it.
+
+    python eval_reverse.py --data pairs.jsonl --model PATH/8B-Instruct --gen-length 28 --steps 28 --block-length 28
+    python eval_reverse.py --data pairs.jsonl --type btf --output btf.jsonl
 """
 
 import argparse
@@ -26,8 +30,10 @@ from pathlib import Path
 from typing import Optional
 
 from genjo.evaluation import answer_questions
-from genjo.loading import add_model_arguments, load_from_args, sampler_defaults
+from genjo.loading import add_model_arguments, load_from_args
 from genjo.reversal import complete
+from genjo.sampling import check_sampler_settings
+from genjo.settings import CORE_SETTINGS, add_sampler_arguments, resolve_sampler_settings
 
 # (forward question, reverse question, instruction appended to both); {text} is the given line.
 PROMPT_FORMATS = {
@@ -40,8 +46,8 @@ PROMPT_FORMATS = {
     "custom": (None, None, ""),
 }
 DIRECTIONS = {"ftb": "forward", "btf": "reversal"}
-# The original evaluation's sampler: 28 tokens in one block, one token per step, greedy.
-ORIGINAL_SAMPLER = dict(gen_length=28, temperature=0.0, remasking="low_confidence")
+# The sampler flags offered: the answer's length and schedule, and the two EOS options of the original's.
+SAMPLER_NAMES = (*CORE_SETTINGS, "logits_eos_inf", "confidence_eos_eot_inf")
 
 
 def load_pairs(path: str) -> list[dict]:
@@ -111,33 +117,6 @@ def evaluate_pairs(
     return results
 
 
-def sampler_settings(args: argparse.Namespace, model) -> dict:
-    """generate() settings: each flag the user set, else the checkpoint's own default, else the original's.
-
-    The checkpoint's steps and block_length go with its gen_length only: a new --gen-length alone means
-    one block decoded one token per step, as the original evaluation.
-    """
-    own = sampler_defaults(model)
-    if args.gen_length is not None:
-        own = {k: v for k, v in own.items() if k not in ("steps", "block_length")}
-    gen_length = args.gen_length or own.get("gen_length", ORIGINAL_SAMPLER["gen_length"])
-
-    def pick(name, fallback):
-        value = getattr(args, name)
-        return value if value is not None else own.get(name, fallback)
-
-    return dict(
-        gen_length=gen_length,
-        steps=pick("steps", gen_length),
-        block_length=pick("block_length", gen_length),
-        temperature=pick("temperature", 0.0),
-        remasking=pick("remasking", "low_confidence"),
-        cfg_scale=args.cfg,
-        logits_eos_inf=args.eos_inf,
-        confidence_eos_eot_inf=args.confidence_eos_eot_inf,
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
@@ -182,30 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="contains (default, as the original): the expected line occurs in the output; "
         "exact: equal after stripping",
     )
-    parser.add_argument(
-        "--gen-length",
-        type=int,
-        default=None,
-        help="answer length in tokens (default: the checkpoint's sampler_defaults, else 28)",
-    )
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: gen_length)")
-    parser.add_argument("--block-length", type=int, default=None, help="block length (default: gen_length)")
-    parser.add_argument("--temperature", type=float, default=None, help="Gumbel temperature (default: 0, greedy)")
-    parser.add_argument(
-        "--remasking",
-        choices=["low_confidence", "random"],
-        default=None,
-        help="remasking strategy (default: low_confidence)",
-    )
-    parser.add_argument("--cfg", type=float, default=0.0, help="classifier-free guidance scale (default: 0, off)")
-    parser.add_argument("--eos-inf", action="store_true", help="never propose EOS (logits_eos_inf)")
-    parser.add_argument("--confidence-eos-eot-inf", action="store_true", help="commit EOS and EoT last")
     parser.add_argument("--batch-size", type=int, default=8, help="questions per generate() call (default: 8)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N pairs (default: all)")
     parser.add_argument(
         "--output", default=None, help="write every question, output and verdict to this JSONL (default: none)"
     )
-    return parser
+    return add_sampler_arguments(parser, names=SAMPLER_NAMES)
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, dict]:
@@ -219,13 +180,14 @@ def main(argv: Optional[list[str]] = None) -> dict[str, dict]:
                 "--prompt-format custom needs both templates."
             )
     extra = args.extra_prompt if args.extra_prompt is not None else extra
-    for name in ("limit", "batch_size", "gen_length", "steps", "block_length"):
+    for name in ("limit", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer; got {value}.")
     pairs = load_pairs(args.data)[: args.limit]
     model, tokenizer = load_from_args(args)
-    settings = sampler_settings(args, model)
+    settings = resolve_sampler_settings(args, model, names=SAMPLER_NAMES)
+    check_sampler_settings(model, **settings)
     directions = ["ftb", "btf"] if args.type == "both" else [args.type]
     results = evaluate_pairs(
         model,

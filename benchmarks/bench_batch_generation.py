@@ -19,12 +19,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from genjo import tinyworld  # noqa: E402
-from genjo.batch_generation import generate_file  # noqa: E402
-from genjo.loading import add_model_arguments, load_from_args  # noqa: E402
-from genjo.settings import resolve_sampler_settings  # noqa: E402
+from genjo import tinyworld
+from genjo.batch_generation import generate_file
+from genjo.loading import add_model_arguments, load_from_args
+from genjo.settings import resolve_sampler_settings
 
 SETTINGS = {  # name -> generate() keyword arguments on top of the checkpoint's own sampler settings
     "default": dict(),

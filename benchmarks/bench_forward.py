@@ -26,16 +26,12 @@ CFG, for a full-canvas LM head and for the read block alone (what the sampler co
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from genjo import GenjoConfig, GenjoModelLM  # noqa: E402
-from genjo.loading import DEFAULT_MODEL, default_device, default_dtype, load_config  # noqa: E402
+from genjo import GenjoConfig, GenjoModelLM
+from genjo.loading import DEFAULT_MODEL, default_device, default_dtype, load_config
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0}  # dense, no sparsity
 

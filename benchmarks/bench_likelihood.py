@@ -32,11 +32,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from genjo.likelihood import get_log_likelihoods
+from genjo.loading import DEFAULT_BASE_MODEL, add_model_arguments, load_from_args
 
-from genjo.loading import DEFAULT_BASE_MODEL, add_model_arguments, load_from_args  # noqa: E402
-from get_log_likelihood import get_log_likelihoods  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent  # the clone: eval_tasks/ holds the choice task's data
 
 
 class CountingModel(torch.nn.Module):

@@ -7,7 +7,7 @@ above the level before the call, divided by the canvas logits B x (prompt + gen_
 model, its weights and the canvas are the same for every setting, so the differences between rows
 are the sampler's own buffers (logits, noise, confidences).
 
-    python benchmarks/bench_memory.py                                  # this checkout's generate.py
+    python benchmarks/bench_memory.py                                  # the installed genjo's sampler
     python benchmarks/bench_memory.py --sampler /path/to/old/generate.py --label before
     python benchmarks/bench_memory.py --likelihood [--sampler /path/to/old/get_log_likelihood.py]
 
@@ -20,14 +20,13 @@ machine's load.
 """
 
 import argparse
+import importlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parent.parent
 
 SETTINGS = {  # name -> generate() keyword arguments
     "T=0, low_confidence": dict(temperature=0.0, remasking="low_confidence"),
@@ -55,16 +54,24 @@ def _kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def measured_module(args):
+    """The module whose generate() (or get_log_likelihood() with --likelihood) is measured: the installed
+    genjo's, or the file given by --sampler (e.g. an older generate.py)."""
+    if args.sampler is None:
+        return importlib.import_module("genjo.likelihood" if args.likelihood else "genjo.sampling")
+    spec = importlib.util.spec_from_file_location("sampler_under_test", args.sampler)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def child(args) -> None:
     """Runs in the subprocess: one setting, prints a JSON line."""
     import torch
 
-    sys.path.insert(0, str(REPO))
     from genjo import GenjoConfig, GenjoModelLM
 
-    spec = importlib.util.spec_from_file_location("sampler_under_test", args.sampler)
-    sampler = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sampler)
+    sampler = measured_module(args)
 
     torch.manual_seed(0)
     mask_id = args.vocab - 1
@@ -101,8 +108,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--sampler",
-        default=str(REPO / "generate.py"),
-        help="the generate.py to measure, e.g. an older copy (default: this checkout's)",
+        default=None,
+        help="a generate.py (get_log_likelihood.py with --likelihood) to measure instead, e.g. an older copy "
+        "(default: the installed genjo's sampler or likelihood)",
     )
     parser.add_argument("--label", default="this checkout", help="row label in the table (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=2, help="prompts per batch (default: %(default)s)")
@@ -120,8 +128,6 @@ def main() -> None:
     )
     parser.add_argument("--setting", default=None, help=argparse.SUPPRESS)  # set in the child process
     args = parser.parse_args()
-    if args.likelihood and args.sampler == str(REPO / "generate.py"):
-        args.sampler = str(REPO / "get_log_likelihood.py")
     if args.setting is not None:
         child(args)
         return
@@ -134,7 +140,9 @@ def main() -> None:
     settings = LIKELIHOOD_SETTINGS if args.likelihood else SETTINGS
     for setting in tqdm(settings, desc=args.label):
         command = [sys.executable, __file__, "--setting", setting] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("setting", "label", "likelihood")
+            f"--{k.replace('_', '-')}={v}"
+            for k, v in vars(args).items()
+            if k not in ("setting", "label", "likelihood") and v is not None
         ]
         command += ["--likelihood"] if args.likelihood else []
         env = dict(os.environ, OMP_NUM_THREADS="1")

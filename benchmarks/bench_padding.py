@@ -12,18 +12,18 @@ products round differently for different shapes, which can flip a near-tie betwe
 """
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from genjo import tinyworld
+from genjo.chat_format import question_batch
+from genjo.loading import add_model_arguments, load_from_args
+from genjo.sampling import generate
+from genjo.settings import add_sampler_arguments, resolve_sampler_settings
 
-from generate import generate  # noqa: E402
-from genjo import tinyworld  # noqa: E402
-from genjo.chat_format import question_batch as chat_prompt_batch  # noqa: E402
-from genjo.loading import add_model_arguments, load_from_args, sampler_defaults  # noqa: E402
+# The sampler flags offered; the comparison is greedy (temperature 0), where a solo run has one answer.
+SAMPLER_NAMES = ("gen_length", "steps", "block_length", "cache")
 
 
 def main() -> None:
@@ -33,10 +33,10 @@ def main() -> None:
     parser.add_argument(
         "--dtypes", nargs="+", default=["float32", "bfloat16"], help="model dtypes (default: %(default)s)"
     )
-    parser.add_argument("--cache", default=None, choices=["prefix", "dual"], help="KV cache (default: none)")
     parser.add_argument("--random-weights", type=float, default=None, metavar="STD",
                         help="replace the weights by N(0, STD) draws (seed 0); config and tokenizer stay (default: the "
                              "checkpoint's weights)")  # fmt: skip
+    add_sampler_arguments(parser, names=SAMPLER_NAMES)
     args = parser.parse_args()
 
     model, tokenizer = load_from_args(args)
@@ -47,10 +47,7 @@ def main() -> None:
                 if not name.endswith("norm.weight") and not name.endswith("ln_f.weight"):
                     values = torch.randn(parameter.shape, generator=generator) * args.random_weights
                     parameter.copy_(values)
-    defaults = sampler_defaults(model)
-    gen_length = defaults.get("gen_length", 32)
-    kwargs = dict(gen_length=gen_length, steps=defaults.get("steps", gen_length),
-                  block_length=defaults.get("block_length", gen_length), cache=args.cache)  # fmt: skip
+    kwargs = resolve_sampler_settings(args, model, names=SAMPLER_NAMES)
     questions = [p.question for p in tinyworld.sample_problems(args.problems, seed=1, split="heldout")]
     weights = "" if args.random_weights is None else f" with N(0, {args.random_weights}) random weights"
     print(f"{args.model}{weights}: {args.problems} held-out chat prompts, batches of {args.batch_size} (left-padded), "
@@ -62,10 +59,10 @@ def main() -> None:
         rows_equal = tokens_equal = tokens = 0
         for first in tqdm(range(0, len(questions), args.batch_size), desc=name, leave=False):
             batch = questions[first : first + args.batch_size]
-            ids, mask = chat_prompt_batch(tokenizer, batch, device=model.device)
+            ids, mask = question_batch(tokenizer, batch, device=model.device)
             together = generate(model, ids, mask, **kwargs)[:, ids.shape[1] :]
             for row, question in enumerate(batch):
-                solo_ids, _ = chat_prompt_batch(tokenizer, [question], device=model.device)
+                solo_ids, _ = question_batch(tokenizer, [question], device=model.device)
                 solo = generate(model, solo_ids, **kwargs)[0, solo_ids.shape[1] :]
                 rows_equal += bool(torch.equal(together[row], solo))
                 tokens_equal += int((together[row] == solo).sum())

@@ -14,16 +14,13 @@ import argparse
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from generate import GenerationStats, generate  # noqa: E402
-from genjo import tinyworld  # noqa: E402
-from genjo.chat_format import question_batch as chat_prompt_batch  # noqa: E402
-from genjo.loading import add_model_arguments, load_from_args  # noqa: E402
+from genjo import tinyworld
+from genjo.chat_format import question_batch
+from genjo.loading import add_model_arguments, load_from_args
+from genjo.sampling import GenerationStats, generate
 
 SETTINGS = {  # name -> generate() keyword arguments on top of gen_length/block_length
     "default (1 token/step)": dict(),
@@ -45,7 +42,7 @@ def run_setting(model, tokenizer, problems, gen_length, block_length, batch_size
     started = time.perf_counter()
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
-        prompt, attention_mask = chat_prompt_batch(tokenizer, [p.question for p in chunk], model.device)
+        prompt, attention_mask = question_batch(tokenizer, [p.question for p in chunk], model.device)
         nfe_before = stats.nfe
         out = generate(model, prompt, attention_mask, steps=gen_length, gen_length=gen_length,
                        block_length=block_length, stats=stats, **kwargs)  # fmt: skip

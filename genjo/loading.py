@@ -128,13 +128,6 @@ def load_model(
     return model, load_tokenizer(path, config)
 
 
-def sampler_defaults(model) -> dict:
-    """The checkpoint's own sampler settings (config.json ``sampler_defaults``: gen_length, steps,
-    block_length, temperature, remasking), or {} when it names none. Scripts use them for every flag
-    the user leaves unset."""
-    return dict(getattr(getattr(model, "config", None), "sampler_defaults", None) or {})
-
-
 def add_model_arguments(parser: argparse.ArgumentParser, default: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
     """Add --model, --device, --device-map and --dtype, shared by every script."""
     parser.add_argument("--model", default=default, help="local checkpoint folder or hub id (default: %(default)s)")

@@ -39,6 +39,8 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from .settings import add_renamed_argument
+
 # Every fact is stated in several ways, the name always before the code word (the forward direction);
 # facts stated once only would not carry over to any other wording, in either direction.
 FORWARD_TEMPLATES = (
@@ -384,17 +386,19 @@ def main(argv=None) -> None:
         default=defaults.mlp_hidden_size,
         help="SwiGLU hidden size (default: %(default)s)",
     )
-    parser.add_argument(
+    add_renamed_argument(
+        parser,
+        "--output",
         "--out-json",
         default="runs/reversal/results.json",
-        help="per-seed accuracies ('' for none; default: %(default)s)",
+        help="JSON of the per-seed accuracies ('' for none; default: %(default)s)",
     )
     parser.add_argument(
         "--plot", default="imgs/reversal.png", help="bar chart of the results ('' for none; default: %(default)s)"
     )
     parser.add_argument("--work-dir", default=None, help="keep the trained models here (default: a temporary folder)")
     parser.add_argument("--report", nargs="+", default=None, metavar="RESULTS_JSON",
-                        help="train nothing: merge these --out-json files (e.g. seeds run in parallel) into the "
+                        help="train nothing: merge these --output files (e.g. seeds run in parallel) into the "
                              "table and the plot (default: train)")  # fmt: skip
     ns = parser.parse_args(argv)
     if ns.report:
@@ -408,9 +412,9 @@ def main(argv=None) -> None:
     args = ExperimentArgs(seeds=tuple(ns.seeds), people=ns.people, steps=ns.steps, batch_size=ns.batch_size,
                           lr=ns.lr, d_model=ns.d_model, n_layers=ns.n_layers, n_heads=ns.n_heads,
                           mlp_hidden_size=ns.mlp_hidden_size)  # fmt: skip
-    if ns.out_json:
-        Path(ns.out_json).parent.mkdir(parents=True, exist_ok=True)
-    records = run(args, ns.out_json, ns.work_dir)
+    if ns.output:
+        Path(ns.output).parent.mkdir(parents=True, exist_ok=True)
+    records = run(args, ns.output, ns.work_dir)
     n_test = args.people - args.people // 2
     print(f"\n{args.people} people, {n_test} test facts (reverse never trained); {records[0]['parameters']:,} "
           f"parameters per model; {args.steps} steps of {args.batch_size} rows\n")  # fmt: skip

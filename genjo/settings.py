@@ -90,15 +90,39 @@ def add_sampler_arguments(
         shown = "none" if setting.fallback is None else setting.fallback
         help_text = f"{setting.help} (default: the checkpoint's setting, else {shown})"
         if setting.type is bool:
-            action = group.add_argument(setting.flag, *setting.aliases, action=argparse.BooleanOptionalAction,
-                                        default=None, help=help_text)  # fmt: skip
+            add_renamed_argument(group, setting.flag, *setting.aliases, action=argparse.BooleanOptionalAction,
+                                 default=None, help=help_text)  # fmt: skip
         else:
-            action = group.add_argument(setting.flag, *setting.aliases, type=setting.type, default=None,
-                                        choices=setting.choices, help=help_text)  # fmt: skip
-        # The older spellings stay in the parser's table of option strings (so they parse) but leave --help.
-        hidden = {*setting.aliases, *("--no-" + alias[2:] for alias in setting.aliases)}
-        action.option_strings = [option for option in action.option_strings if option not in hidden]
+            add_renamed_argument(group, setting.flag, *setting.aliases, type=setting.type, default=None,
+                                 choices=setting.choices, help=help_text)  # fmt: skip
     return parser
+
+
+class _BooleanWithHiddenSpellings(argparse.BooleanOptionalAction):
+    """BooleanOptionalAction that also obeys its hidden spellings: the stock one sets the value only for an
+    option string still in ``option_strings``, so ``--eos-inf`` would parse and silently do nothing."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, not (option_string or "").startswith("--no-"))
+
+
+def add_renamed_argument(parser, flag: str, *old_spellings: str, **kwargs) -> argparse.Action:
+    """``parser.add_argument(flag, **kwargs)`` that also accepts the flag's older spellings, unlisted.
+
+    For flags renamed to the spelling shared by every script (``--cfg`` -> ``--cfg-scale``, ``--out`` ->
+    ``--output``): command lines written for the old name keep working, while --help, the usage line and
+    error messages show ``flag`` alone. parser: an ArgumentParser or an argument group. The value lands
+    under ``flag``'s name (``args.cfg_scale``); a BooleanOptionalAction's ``--no-`` forms of the old
+    spellings are hidden too.
+    """
+    if kwargs.get("action") is argparse.BooleanOptionalAction:
+        kwargs["action"] = _BooleanWithHiddenSpellings
+    action = parser.add_argument(flag, *old_spellings, **kwargs)
+    # The old spellings stay in the parser's table of option strings (so they parse) but leave the action's
+    # own list, which is what --help, the usage line and error messages print.
+    hidden = {*old_spellings, *("--no-" + spelling[2:] for spelling in old_spellings)}
+    action.option_strings = [option for option in action.option_strings if option not in hidden]
+    return action
 
 
 def resolve_sampler_settings(given, model=None, names: Optional[Iterable[str]] = None) -> dict:

@@ -252,10 +252,10 @@ def test_likelihoods_reject_bad_pairs_and_generators(model, pairs, kwargs, messa
 
 
 CHAT_CASES = [
-    (["--steps", "0"], 2, "argument --steps: 0 must be >= 1"),
-    (["--gen-length", "2.5"], 2, "argument --gen-length: '2.5' is not an integer"),
-    (["--temperature", "nan"], 2, "argument --temperature: nan must be a finite number"),
-    (["--cfg", "inf"], 2, "argument --cfg: inf must be a finite number"),
+    (["--steps", "0"], 2, "bad sampler settings .*--steps 0.*: steps \\(0\\) must be a positive multiple"),
+    (["--gen-length", "2.5"], 2, "argument --gen-length: invalid int value: '2.5'"),
+    (["--temperature", "nan"], 2, "bad sampler settings .*--temperature nan.*: temperature must be a finite number"),
+    (["--cfg", "inf"], 2, "bad sampler settings .*--cfg-scale inf.*: cfg_scale must be a finite"),  # the old spelling
     (["--remasking", "top_k"], 2, "argument --remasking: invalid choice"),
     (["--gen-length", "48"], 2, "bad sampler settings .* gen_length \\(48\\) must be a multiple of block_length"),
     (["--gen-length", "2048", "--steps", "2048"], 2, "bad sampler settings .*max_sequence_length"),

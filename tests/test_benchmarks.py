@@ -1,6 +1,6 @@
 """The benchmark scripts' own arithmetic: FLOP counts behind the reported model FLOP utilisation."""
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -9,27 +9,29 @@ from conftest import tiny_config
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-
-from bench_forward import forward_flops, forward_kinds, random_model  # noqa: E402
+# benchmarks/ is a folder of scripts, not a package: the script is loaded from its file.
+BENCH_FORWARD = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_forward.py"
+spec = importlib.util.spec_from_file_location("bench_forward", BENCH_FORWARD)
+bench_forward = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_forward)
 
 
 @pytest.mark.parametrize("n_kv_heads", [4, 2])  # multi-head and grouped-query attention
 def test_forward_flops_equal_torch_flop_counter_for_every_forward_kind(n_kv_heads):
     """The analytic count used for MFU equals torch's count of the matmuls actually run, per kind."""
-    model = random_model(tiny_config(n_kv_heads=n_kv_heads), torch.device("cpu"), torch.float32)
-    kinds = forward_kinds(model, length=80, gen_length=64, block_length=16, batch_size=2)
+    model = bench_forward.random_model(tiny_config(n_kv_heads=n_kv_heads), torch.device("cpu"), torch.float32)
+    kinds = bench_forward.forward_kinds(model, length=80, gen_length=64, block_length=16, batch_size=2)
     assert [(q, k) for q, k, _ in kinds.values()] == [(80, 80), (80, 80), (32, 80), (16, 80)]
     for name, (queries, keys, run) in kinds.items():
         # the math backend runs attention as matmuls, which the counter sees (fused kernels it does not)
         with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             run()
-        expected = 2 * forward_flops(model.config, queries, keys, head_tokens=queries)
+        expected = 2 * bench_forward.forward_flops(model.config, queries, keys, head_tokens=queries)
         assert counter.get_total_flops() == expected, name
 
 
 def test_random_model_is_finite_and_unit_normed():
-    model = random_model(tiny_config(), torch.device("cpu"), torch.bfloat16)
+    model = bench_forward.random_model(tiny_config(), torch.device("cpu"), torch.bfloat16)
     assert model.dtype == torch.bfloat16
     assert torch.equal(model.model.transformer.ln_f.weight, torch.ones_like(model.model.transformer.ln_f.weight))
     logits = model(torch.randint(0, 60, (1, 12))).logits

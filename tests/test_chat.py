@@ -9,7 +9,8 @@ import pytest
 from conftest import BOS, EOS, EOT, MASK, ScriptedModel, scripted_answer
 
 import chat as chat_script
-from chat import CANCELLED, EXIT_INTERRUPTED, THINKING, ChatSession, banner, chat_loop, user_turn_ids
+from chat import CANCELLED, EXIT_INTERRUPTED, THINKING, ChatSession, banner, chat_loop
+from genjo.chat_format import user_turn_ids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,5 @@
-"""Every script's --help: it exits 0, and each option says what it means and what its default is.
+"""Every script's --help: it exits 0, and each option says what it means and what its default is; renamed
+flags: the old spelling still parses, the new one is the one shown.
 
 The scripts build their parsers inside main(), so each main() is run in this process with
 ``ArgumentParser.parse_args`` replaced by one that records the parser and parses ``--help`` (one
@@ -9,6 +10,7 @@ command line (its flags are lm-eval's; see EVAL.md), so it is not checked here.
 import argparse
 import importlib
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from unittest import mock
@@ -90,3 +92,43 @@ def test_help_lists_every_option_with_its_meaning_and_default(command, target, m
     assert capsys.readouterr().out.startswith("usage:")
     problems = help_problems(seen[0])
     assert not problems, f"{command} --help:\n" + "\n".join(problems)
+
+
+# (module, the flags a command line needs besides the renamed one, old spelling and its value, where the value
+# lands, the expected value, the spelling --help shows): every flag renamed to the spelling shared by all scripts.
+RENAMED = [
+    ("chat", [], ["--cfg", "1.5"], "cfg_scale", 1.5, "--cfg-scale"),
+    ("get_log_likelihood", [], ["--cfg", "1.5"], "cfg_scale", 1.5, "--cfg-scale"),
+    ("eval_reverse", ["--data", "pairs.jsonl"], ["--cfg", "1.5"], "cfg_scale", 1.5, "--cfg-scale"),
+    ("eval_reverse", ["--data", "pairs.jsonl"], ["--eos-inf"], "logits_eos_inf", True, "--logits-eos-inf"),
+    ("eval_reverse", ["--data", "pairs.jsonl"], ["--no-eos-inf"], "logits_eos_inf", False, "--logits-eos-inf"),
+    ("visualization.record", ["--output", "t.json"], ["--cfg", "1.5"], "cfg_scale", 1.5, "--cfg-scale"),
+    ("visualization.record", [], ["--out", "t.json"], "output", "t.json", "--output"),
+    ("genjo.reversal", [], ["--out-json", "r.json"], "output", "r.json", "--output"),
+]
+
+
+class ParserBuilt(Exception):
+    """Raised in place of parsing, once main() has built its parser."""
+
+
+def parser_of(module) -> argparse.ArgumentParser:
+    """The parser a script's main() builds, taken at its parse_args call (main() goes no further)."""
+    seen = []
+
+    def capture(self, args=None, namespace=None):
+        seen.append(self)
+        raise ParserBuilt
+
+    with mock.patch.object(argparse.ArgumentParser, "parse_args", capture), pytest.raises(ParserBuilt):
+        module.main()
+    return seen[0]
+
+
+@pytest.mark.parametrize("target, needed, old, dest, value, shown", RENAMED, ids=[f"{r[0]} {r[2][0]}" for r in RENAMED])
+def test_old_spellings_still_parse_and_help_shows_the_new_one(target, needed, old, dest, value, shown):
+    parser = parser_of(load(target))
+    assert getattr(parser.parse_args([*needed, *old]), dest) == value
+    text = parser.format_help()
+    assert re.search(rf"(?<![\w-]){re.escape(shown)}(?![\w-])", text), f"{shown} is not in {target} --help"
+    assert not re.search(rf"(?<![\w-]){re.escape(old[0])}(?![\w-])", text), f"{old[0]} is in {target} --help"

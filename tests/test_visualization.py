@@ -103,8 +103,10 @@ def test_gif_frames_share_one_palette_that_keeps_every_shade(trajectory, tmp_pat
 
 def test_scripts_record_and_render(instruct_model_path, tmp_path):
     out = tmp_path / "t.json"
-    record.main(["--model", instruct_model_path, "--question", "Sort: 3 1 2", "--out", str(out),
-                 "--log", str(tmp_path / "sample_process.txt"), "--gen-length", "16", "--steps", "8"])  # fmt: skip
+    # The embedded model's sampler_defaults decode blocks of 32: 16 tokens take one block of 16.
+    record.main(["--model", instruct_model_path, "--question", "Sort: 3 1 2", "--output", str(out),
+                 "--log", str(tmp_path / "sample_process.txt"),
+                 "--gen-length", "16", "--block-length", "16", "--steps", "8"])  # fmt: skip
     paths = {k: str(tmp_path / f"x.{k}") for k in ("html", "png", "gif")}
     render.main(
         [str(out), "--html", paths["html"], "--grid", paths["png"], "--gif", paths["gif"], "--gif-scale", "0.2"]
