@@ -1,5 +1,6 @@
 """Shared fixtures: small random-initialised Genjo models built in-process (no downloads)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +18,16 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 from genjo import GenjoConfig, GenjoModelLM  # noqa: E402
 from genjo.loading import DEFAULT_MODEL  # noqa: E402
 from genjo.tokenizer import build_tokenizer  # noqa: E402
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ (a folder of scripts, not a package) loaded from its file as a module."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 # Vocabulary of the test models: ids 0..5 are the specials of the tiny tokenizer.
 BOS, EOS, MASK, EOT = 0, 1, 2, 5

@@ -1,19 +1,13 @@
 """The benchmark scripts' own arithmetic: FLOP counts behind the reported model FLOP utilisation."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import load_benchmark, tiny_config
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-# benchmarks/ is a folder of scripts, not a package: the script is loaded from its file.
-BENCH_FORWARD = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_forward.py"
-spec = importlib.util.spec_from_file_location("bench_forward", BENCH_FORWARD)
-bench_forward = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_forward)
+bench_forward = load_benchmark("bench_forward")
 
 
 @pytest.mark.parametrize("n_kv_heads", [4, 2])  # multi-head and grouped-query attention

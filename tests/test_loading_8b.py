@@ -10,7 +10,7 @@ import textwrap
 import pexpect
 import pytest
 import torch
-from conftest import run_outside_the_repo, tiny_model
+from conftest import load_benchmark, run_outside_the_repo, tiny_model
 from transformers import AutoModel, AutoTokenizer
 
 from generate import generate
@@ -176,9 +176,7 @@ def test_likelihood_log_normalizer_chunks_equal_the_whole(cfg):
 
 
 def test_bench_forward_dry_run_of_the_8b_on_meta(capsys):
-    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-    import bench_forward
-
+    bench_forward = load_benchmark("bench_forward")
     from genjo import GenjoConfig
 
     args = __import__("argparse").Namespace(length=320, gen_length=64, block_length=32, batch_size=1)
