@@ -1,6 +1,5 @@
 """The benchmark scripts' own arithmetic: FLOP counts behind the reported model FLOP utilisation."""
 
-
 import pytest
 import torch
 from conftest import load_benchmark, tiny_config
