@@ -4,7 +4,11 @@
     python chat.py --model PATH --gen-length 64 --steps 64
 
 Each turn renders the new user message with the chat template, appends it to the conversation so far
-(keeping a single BOS), and samples the reply with ``generate()``. The conversation the model sees is
+(keeping a single BOS), and samples the reply with ``generate()``. History policy (the one of
+``genjo.chat_format``, also the app's): earlier turns are sent to a multi-turn model; a single-turn model
+(the embedded tiny ones) gets each question alone, since a second question in the same conversation gets a
+garbled answer from it. ``--multi-turn`` / ``--no-multi-turn`` choose; the policy is stated at start-up.
+The conversation the model sees is
 the whole previous canvas with the EOS padding removed from the generated part only, so every reply
 ends with ``<|eot_id|>`` and the next turn reads ``...<|eot_id|><|start_header_id|>user...``. What the
 user types is tokenized as plain text: typing ``<|eot_id|>`` or ``<|mdm_mask|>`` gives those characters,
@@ -16,7 +20,8 @@ no guidance. Bad flags, an unknown ``--device`` or a ``--model`` that does not l
 line before the first question.
 
 Commands: ``/quit`` (or EOF) ends the chat with exit status 0, ``/reset`` forgets the conversation,
-``/history`` prints the conversation exactly as the model reads it (special tokens included).
+``/history`` prints the conversation exactly as the model reads it (special tokens included); any other
+``/word`` lists the commands instead of being sent to the model.
 Ctrl-C while an answer is being generated cancels that answer and returns to the prompt with the
 conversation unchanged; Ctrl-C at the prompt ends the chat with exit status 130 (128 + SIGINT).
 """
@@ -28,7 +33,7 @@ from typing import Optional
 
 import torch
 
-from genjo.chat_format import user_turn_ids
+from genjo.chat_format import is_single_turn, user_turn_ids
 from genjo.loading import add_model_arguments, load_from_args
 from genjo.sampling import check_canvas, check_prompt, check_sampler_settings, generate
 from genjo.settings import CORE_SETTINGS, FALLBACKS, SETTINGS, add_sampler_arguments, resolve_sampler_settings
@@ -65,6 +70,7 @@ class ChatSession:
     temperature: float = FALLBACKS["temperature"]
     cfg_scale: float = FALLBACKS["cfg_scale"]
     remasking: str = FALLBACKS["remasking"]
+    multi_turn: bool = True  # send earlier turns with each question (False: each question alone)
     bos: list[int] = field(default_factory=list)  # the BOS (taken from the first turn's ids)
     turns: list[list[int]] = field(default_factory=list)  # finished turns, without the BOS
 
@@ -101,7 +107,7 @@ class ChatSession:
         """
         ids = user_turn_ids(self.tokenizer, question)
         self.bos = ids[:1]
-        kept = list(self.turns)
+        kept = list(self.turns) if self.multi_turn else []
         while kept and self.max_length is not None:
             if len(self.history_ids(kept)) + len(ids) - 1 + self.gen_length <= self.max_length:
                 break
@@ -126,9 +132,17 @@ class ChatSession:
         new_turn = prompt[len(self.history_ids(kept)) :] + [t for t in answer_ids if t != eos]
         if not kept:
             new_turn = new_turn[len(self.bos) :]  # the BOS is kept apart, in self.bos
-        dropped = len(self.turns) - len(kept)
+        dropped = len(self.turns) - len(kept) if self.multi_turn else 0
         self.turns = kept + [new_turn]
         return reply, dropped
+
+
+def history_line(multi_turn: bool) -> str:
+    """The start-up line that states the history policy and the flag that changes it."""
+    if multi_turn:
+        return "Conversation: earlier turns are sent with each question (--no-multi-turn sends each alone)."
+    return ("Conversation: each question is sent alone, the model is single-turn (--multi-turn sends the whole "
+            "conversation).")  # fmt: skip
 
 
 def banner(gen_length: int, steps: int) -> str:
@@ -144,6 +158,7 @@ def chat_loop(session: ChatSession, input_fn=input, print_fn=print) -> int:
     Returns the exit status: 0 after /quit or EOF, EXIT_INTERRUPTED (130) after Ctrl-C at the prompt.
     """
     print_fn(banner(session.gen_length, session.steps))
+    print_fn(history_line(session.multi_turn))
     print_fn(HELP)
     while True:
         try:
@@ -166,6 +181,9 @@ def chat_loop(session: ChatSession, input_fn=input, print_fn=print) -> int:
             text = session.tokenizer.decode(ids, skip_special_tokens=False) if ids else "(empty)"
             print_fn(f"History ({len(ids)} tokens):\n{text}")
             print_fn("-" * RULE_WIDTH)
+            continue
+        if question.startswith("/") and " " not in question:
+            print_fn(f"Unknown command {question}. {HELP}")
             continue
         try:
             print_fn(THINKING)  # inside the try: a Ctrl-C once this line is out cancels the answer
@@ -207,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seed of torch's RNG, for temperature > 0 or random remasking (default: none, unseeded)",
     )
+    parser.add_argument(
+        "--multi-turn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="send earlier turns with each question (default: yes, except for single-turn models such as the "
+        "embedded tiny one)",
+    )
     return add_sampler_arguments(parser, names=CHAT_SETTINGS)
 
 
@@ -231,7 +256,9 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
     except Exception as error:  # any load failure (missing folder, bad hub id, broken files) is one line
         parser.exit(1, f"{parser.prog}: error: cannot load --model {args.model}: {_one_line(error)}\n")
-    session = ChatSession(model, tokenizer, **resolve_sampler_settings(args, model, names=CHAT_SETTINGS))
+    multi_turn = not is_single_turn(tokenizer) if args.multi_turn is None else args.multi_turn
+    settings = resolve_sampler_settings(args, model, names=CHAT_SETTINGS)
+    session = ChatSession(model, tokenizer, multi_turn=multi_turn, **settings)
     try:
         session.check_settings()
     except ValueError as error:

@@ -98,7 +98,7 @@ def test_terminal_chat_two_turns_history_reset_quit(instruct_model_path):
     /history prints the conversation as the model reads it, so it shows that the second prompt holds the
     first question and answer (ended by <|eot_id|>, no EOS padding) behind a single BOS.
     """
-    child = spawn_chat(instruct_model_path)
+    child = spawn_chat(instruct_model_path, "--multi-turn")  # the embedded model is single-turn by default
     child.expect_exact("**  Answer Length: 32  |  Sampling Steps: 32  **")
     child.expect_exact("Enter your question: ")
     child.sendline("What is the capital of France?")
@@ -143,7 +143,7 @@ def test_terminal_chat_ctrl_c_cancels_an_answer_and_keeps_the_history(instruct_m
     lands while generate() runs.
     """
     pexpect = pytest.importorskip("pexpect")
-    child = spawn_chat(instruct_model_path, "--steps", "96")
+    child = spawn_chat(instruct_model_path, "--steps", "96", "--multi-turn")
     child.expect_exact("Enter your question: ")
     child.sendline("What is 12 + 30?")
     child.expect(r"Bot's reply: ([^\r\n]*)\r\n-{71}")
@@ -260,7 +260,25 @@ def test_flags_left_unset_take_the_checkpoint_sampler_defaults(instruct_model_pa
 def test_help_names_every_default(capsys):
     parser = chat_script.build_parser()
     flags = [action for action in parser._actions if action.dest != "help"]
-    assert len(flags) == 11 and all("(default: " in action.help for action in flags)
+    assert len(flags) == 12 and all("(default: " in action.help for action in flags)
     with pytest.raises(SystemExit):
         chat_script.main(["--help"])
     assert "SPEC" not in capsys.readouterr().out and "SPEC" not in chat_script.__doc__
+
+
+def test_single_turn_models_get_each_question_alone_and_the_policy_is_stated(instruct_model_path, monkeypatch):
+    sessions, chat_loop = [], chat_script.chat_loop
+    monkeypatch.setattr(chat_script, "chat_loop", lambda session: sessions.append(session) or 0)
+    assert chat_script.main(["--model", instruct_model_path]) == 0
+    assert chat_script.main(["--model", instruct_model_path, "--multi-turn"]) == 0
+    alone, whole = sessions
+    assert (alone.multi_turn, whole.multi_turn) == (False, True)  # the embedded model is single-turn
+    for session in sessions:
+        session.ask("What is the capital of France?")
+    assert alone.build_prompt("Sort: 3 1 2")[0] == chat_script.user_turn_ids(alone.tokenizer, "Sort: 3 1 2")
+    assert len(whole.build_prompt("Sort: 3 1 2")[0]) > len(alone.build_prompt("Sort: 3 1 2")[0])
+    printed = []
+    inputs = iter(["/help", "/quit"])
+    assert chat_loop(alone, input_fn=lambda _: next(inputs), print_fn=printed.append) == 0
+    assert chat_script.history_line(False) in printed
+    assert f"Unknown command /help. {chat_script.HELP}" in printed  # listed, not sent to the model
