@@ -187,3 +187,13 @@ def test_pairs_need_one_generator_each(model):
     with pytest.raises(ValueError, match="one per pair"):
         get_log_likelihoods(model, [(PROMPT, ANSWER)] * 2, generators=[torch.Generator()])
     assert get_log_likelihoods(model, []) == []
+
+
+def test_command_line_ranks_the_answers_and_says_what_the_number_is(capsys):
+    """The demo compares answers to one prompt the embedded base model knows: the sorted list comes first."""
+    import get_log_likelihood as script
+
+    script.main(["--mc-num", "32", "--device", "cpu"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "ELBO" in lines[0] and "nats" in lines[0] and "higher = more likely" in lines[0]
+    assert [line.split("'")[1] for line in lines[1:]] == [" 1 3 4 7 9.", " 1 3 4 9 7.", " 9 7 4 3 1."]
