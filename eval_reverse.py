@@ -131,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--prompt-format",
         choices=list(PROMPT_FORMATS),
-        default="zh",
-        help="question wording: zh (default; the original's Chinese), en, or custom",
+        default="en",
+        help="question wording: en, zh (the original evaluation's Chinese, for the published couplets), or custom "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--forward-template",

@@ -1,8 +1,8 @@
 """Teach the embedded instruct model a task it has never seen: "Double: 3 9 1" -> "3 3 9 9 1 1".
 
-    python -m examples.double_task data double.jsonl                      # the SFT data file
+    python -m examples.double_task data runs/double.jsonl                      # the SFT data file
     python -m examples.double_task accuracy                               # the embedded model (before)
-    python -m genjo.train sft --init genjo/checkpoints/genjo-tiny-instruct --data double.jsonl ...
+    python -m genjo.train sft --init genjo/checkpoints/genjo-tiny-instruct --data runs/double.jsonl ...
     python -m examples.double_task accuracy --model runs/double/final # the fine-tuned model (after)
 
 The file holds chat conversations ({"messages": [...]}, one per line): questions of 3 to 6 digits, and a
@@ -14,6 +14,7 @@ reversal and addition, and capitals of the countries taught in chat.
 import argparse
 import hashlib
 import json
+import os
 import random
 
 from genjo import tinyworld
@@ -41,6 +42,7 @@ def sample(rng: random.Random, test: bool) -> tuple[str, str]:
 
 def write_data(path: str, n: int, own_tasks: float, seed: int) -> None:
     rng = random.Random(seed)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # runs/ (git-ignored) by default in the docs
     with open(path, "w") as f:
         for _ in range(n):
             if rng.random() < own_tasks:

@@ -23,7 +23,7 @@ token count), with the same tokenizer, architecture and parameter count; only ``
 loss). Genjo answers with ``generate()``; the twin with greedy next-token decoding
 (:func:`greedy_decode`).
 
-    python -m genjo.reversal                        # 3 seeds (~15 min of one CPU core): table, imgs/reversal.png
+    python -m genjo.reversal                        # 3 seeds (~12 min of one CPU core): table, plot in runs/reversal/
     python -m genjo.reversal --seeds 0 --steps 300  # a quick check of the pipeline
 """
 
@@ -363,7 +363,8 @@ def plot(records: list[dict], out_png: str, chance: Optional[float] = None) -> N
 
 def main(argv=None) -> None:
     defaults = ExperimentArgs()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m genjo.reversal", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=list(defaults.seeds), help="training seeds (default: %(default)s)"
     )
@@ -394,7 +395,10 @@ def main(argv=None) -> None:
         help="JSON of the per-seed accuracies ('' for none; default: %(default)s)",
     )
     parser.add_argument(
-        "--plot", default="imgs/reversal.png", help="bar chart of the results ('' for none; default: %(default)s)"
+        "--plot",
+        default="runs/reversal/reversal.png",
+        help="bar chart of the results ('' for none; the repository's picture is imgs/reversal.png; "
+        "default: %(default)s)",
     )
     parser.add_argument("--work-dir", default=None, help="keep the trained models here (default: a temporary folder)")
     parser.add_argument("--report", nargs="+", default=None, metavar="RESULTS_JSON",
@@ -406,6 +410,7 @@ def main(argv=None) -> None:
         records = sorted((r for s in saved for r in s["records"]), key=lambda r: (r["seed"], r["model"] != "Genjo"))
         print(results_table(records))
         if ns.plot:
+            Path(ns.plot).parent.mkdir(parents=True, exist_ok=True)
             plot(records, ns.plot, chance=1 / saved[0]["args"]["people"])
             print(f"\nplot: {ns.plot}")
         return
@@ -420,6 +425,7 @@ def main(argv=None) -> None:
           f"parameters per model; {args.steps} steps of {args.batch_size} rows\n")  # fmt: skip
     print(results_table(records))
     if ns.plot:
+        Path(ns.plot).parent.mkdir(parents=True, exist_ok=True)
         plot(records, ns.plot, chance=1 / args.people)
         print(f"\nplot: {ns.plot}")
 
