@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from lm_eval.api.registry import register_model
 
-from genjo.eval_harness import ChatPrompt, GenjoEvalHarness
+from genjo.eval_harness import ChatPrompt, GenjoEvalHarness, quiet_custom_dataset_hint
 from genjo.eval_settings import SEED
 
 __all__ = ["GenjoEvalHarness", "ChatPrompt", "SEED", "TASKS_DIR", "evaluate_offline", "main", "set_seed"]
@@ -62,6 +62,7 @@ def evaluate_offline(tasks, model_args: Optional[dict] = None, limit=None, log_s
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    quiet_custom_dataset_hint()
     task_manager = TaskManager(include_path=[str(TASKS_DIR)], include_defaults=False)
     kwargs.setdefault("bootstrap_iters", 0)
     return lm_eval.simple_evaluate(
@@ -80,6 +81,7 @@ def main() -> None:
     from lm_eval.__main__ import cli_evaluate
 
     set_seed(SEED)
+    quiet_custom_dataset_hint()
     cli_evaluate()
 
 

@@ -15,7 +15,8 @@
 # Environment:
 #   GENJO_BASE_MODEL / GENJO_INSTRUCT_MODEL   checkpoint folders or hub ids of the 8B models
 #   LAUNCH             the launcher of the 8B lines (default: "accelerate launch"; one process per GPU)
-#   OUTPUT_PATH        where lm-eval writes results (default: eval_results)
+#   OUTPUT_PATH        results root (default: eval_results): each line writes into OUTPUT_PATH/<base|instruct|tiny>/<task>,
+#                      and the summary names each line's results file
 #   GENJO_TINY_PROCS   --tiny only: 1 (default) runs one process; 2 runs two CPU processes with
 #                      accelerate (gloo), which needs the explicit multi-process CPU command below.
 # The math tasks need: pip install antlr4-python3-runtime==4.11 math_verify sympy
@@ -30,15 +31,28 @@ DRY_RUN=0
 PASSED=()
 FAILED=()
 
-# Run one command (or print it with --dry-run) and record its outcome under a name.
+RESULT_FILES=()
+
+# Run one command (or print it with --dry-run) and record its outcome under a name. The command writes its
+# results into its own folder, OUTPUT_PATH/<base|instruct|tiny>/<slug of the name>, passed to it as --output_path; the
+# summary names the result file each run wrote there.
 run() {
     local name=$1
     shift
-    echo "+ $*"
+    local out
+    out="$OUTPUT_PATH/${group:-$mode}/$(echo "$name" | tr -c 'A-Za-z0-9_.\n-' '_' | sed 's/__*/_/g; s/_$//')"
+    echo "+ $* --output_path $out"
     [ "$DRY_RUN" = 1 ] && return 0
-    "$@"
+    "$@" --output_path "$out"
     local status=$?
-    if [ "$status" = 0 ]; then PASSED+=("$name"); else FAILED+=("$name (exit $status)"); fi
+    if [ "$status" = 0 ]; then
+        PASSED+=("$name")
+        local file
+        file=$(find "$out" -name 'results_*.json' -newer "$STARTED" 2>/dev/null | sort | tail -n 1)
+        RESULT_FILES+=("${file:-(no results file under $out)}")
+    else
+        FAILED+=("$name (exit $status)")
+    fi
 }
 
 # One 8B line: task, shots ("" = the task's default), batch ("" = lm-eval's default), model args, extra flags.
@@ -46,7 +60,7 @@ run() {
 line() {
     local task=$1 shots=$2 batch=$3 args=$4
     shift 4
-    local -a flags=(--tasks "$task" --model genjo_dist --model_args "$args" --output_path "$OUTPUT_PATH")
+    local -a flags=(--tasks "$task" --model genjo_dist --model_args "$args")
     [ -n "$shots" ] && flags+=(--num_fewshot "$shots")
     [ -n "$batch" ] && flags+=(--batch_size "$batch")
     # shellcheck disable=SC2086  # LINE_ENV and LAUNCH may hold several words
@@ -59,6 +73,7 @@ code_line() {
 }
 
 base() {
+    local group=base  # the results folder of its lines (read by run)
     local m="model_path=$BASE"
     # Likelihood tasks: Monte-Carlo ELBO (mc_num samples, batch_size rows per forward), no greedy check.
     line gpqa_main_n_shot 5 8 "$m,cfg=0.5,mc_num=128,is_check_greedy=False"
@@ -81,6 +96,7 @@ base() {
 }
 
 instruct() {
+    local group=instruct  # the results folder of its lines (read by run)
     # lm-eval's own chat path: the messages go through the chat template, few-shot examples as turns,
     # a task's gen_prefix opens the assistant's answer. block_length = gen_length = steps.
     local m="model_path=$INSTRUCT,cfg=0.0"
@@ -110,7 +126,7 @@ tiny() {
         launcher=(accelerate launch --multi_gpu --num_processes "$GENJO_TINY_PROCS" --num_machines 1
             --mixed_precision no --dynamo_backend no --main_process_port "${PORT:-29517}")
     fi
-    local -a common=(--model genjo_dist --device cpu --include_path eval_tasks --output_path "$OUTPUT_PATH")
+    local -a common=(--model genjo_dist --device cpu --include_path eval_tasks)
     # Base model (the default model_path): 4-way choice by likelihood.
     run "genjo_tiny_choice (base)" "${launcher[@]}" eval_genjo.py "${common[@]}" --tasks genjo_tiny_choice \
         --batch_size 32 --model_args mc_num=128,is_check_greedy=False
@@ -127,11 +143,13 @@ for arg in "$@"; do
         --dry-run) DRY_RUN=1 ;;
         --tiny) mode=tiny ;;
         base | instruct | all) mode=$arg ;;
-        -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (use base, instruct, all, --tiny, --dry-run)" >&2; exit 2 ;;
     esac
 done
 
+STARTED=$(mktemp)  # result files newer than this one are this run's
+trap 'rm -f "$STARTED"' EXIT
 case $mode in
     base) base ;;
     instruct) instruct ;;
@@ -141,7 +159,7 @@ esac
 
 [ "$DRY_RUN" = 1 ] && exit 0
 echo
-echo "Summary: ${#PASSED[@]} passed, ${#FAILED[@]} failed (results under $OUTPUT_PATH)"
-for name in "${PASSED[@]}"; do echo "  passed  $name"; done
+echo "Summary: ${#PASSED[@]} passed, ${#FAILED[@]} failed (one results folder per line under $OUTPUT_PATH)"
+for i in "${!PASSED[@]}"; do echo "  passed  ${PASSED[$i]}: ${RESULT_FILES[$i]}"; done
 for name in "${FAILED[@]}"; do echo "  FAILED  $name"; done
 [ "${#FAILED[@]}" = 0 ]

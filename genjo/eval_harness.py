@@ -29,6 +29,19 @@ from .settings import is_stochastic
 MAX_SHARED_REQUESTS = 16  # likelihood requests with one context scored in shared forwards
 
 logger = logging.getLogger(__name__)
+# lm-eval warns, for every task built from a ``custom_dataset`` (all of eval_tasks/), that custom kwargs can be
+# passed with --metadata: these tasks take none, and the hint repeats once per task and process.
+CUSTOM_DATASET_HINT = "Custom kwargs can be passed to `--metadata`"
+
+
+def quiet_custom_dataset_hint() -> None:
+    """Drop lm-eval's repeated custom-dataset hint (only that message; every other warning stays)."""
+    task_logger = logging.getLogger("lm_eval.api.task")
+    if not any(getattr(f, "drops_custom_dataset_hint", False) for f in task_logger.filters):
+        hint_filter = logging.Filter()
+        hint_filter.filter = lambda record: CUSTOM_DATASET_HINT not in record.getMessage()
+        hint_filter.drops_custom_dataset_hint = True
+        task_logger.addFilter(hint_filter)
 
 
 class ChatPrompt(str):

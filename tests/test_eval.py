@@ -538,6 +538,9 @@ def test_two_cpu_processes_give_the_single_process_metrics(tiny_model_path, tmp_
 FAKE_LAUNCHER = """#!/usr/bin/env bash
 echo "code=${HF_ALLOW_CODE_EVAL:-unset} $*" >> "$(dirname "$0")/calls.log"
 case "$*" in *"--tasks gsm8k "*) exit 3 ;; esac
+for arg; do [ "$previous" = --output_path ] && out=$arg; previous=$arg; done
+# lm-eval writes <output_path>/<model>/results_<time>.json
+mkdir -p "$out/model" && touch "$out/model/results_2026-01-01T00-00-00.json"
 """
 
 
@@ -548,10 +551,15 @@ def test_eval_script_runs_every_line_and_summarises(tmp_path):
     launcher.write_text(FAKE_LAUNCHER)
     launcher.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "HF_ALLOW_CODE_EVAL"}
+    env["OUTPUT_PATH"] = str(tmp_path / "results")
     proc = subprocess.run(["bash", str(ROOT / "eval_genjo.sh"), "all"], env={**env, "LAUNCH": str(launcher)},
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     calls = (tmp_path / "calls.log").read_text().splitlines()
     assert len(calls) == 23 and proc.returncode == 1
+    # One results folder per line (base and instruct apart), and the summary says which file each line wrote.
+    folders = [call.split("--output_path ")[1] for call in calls]
+    assert len(set(folders)) == 23 and all(f.startswith(str(tmp_path / "results")) for f in folders)
+    assert f"passed  arc_challenge_chat: {tmp_path}/results/instruct/arc_challenge_chat/model/results_" in proc.stdout
     assert "Summary: 21 passed, 2 failed" in proc.stdout and "FAILED  gsm8k (exit 3)" in proc.stdout
     for call in calls:
         code = any(f"--tasks {task} " in call for task in ("humaneval", "mbpp", "humaneval_instruct", "mbpp_instruct"))
