@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Answer prompts with the Genjo sampler. With --input/--output: a JSONL file of requests "
         "('messages' for a chat model, or 'prompt': raw text for a base model; optional 'id') in, the same lines "
-        "plus 'answer' out, in input order; resumable, and data-parallel under `accelerate launch`. Without: answers --question (default: three demo questions).",
+        "plus 'answer' out, in input order; resumable, and data-parallel under `accelerate launch`. Without: "
+        "answers --question (default: three demo questions).",
     )
     add_model_arguments(parser)
     parser.add_argument("--input", default=None,
