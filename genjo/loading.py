@@ -7,12 +7,19 @@ from typing import Optional, Union
 
 import torch
 
+from .checks import check_int
+
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_MODEL = str(CHECKPOINTS / "genjo-tiny-instruct")  # the embedded chat model
 DEFAULT_BASE_MODEL = str(CHECKPOINTS / "genjo-tiny-base")
 RETRAIN_HINT = (
     "`python -m genjo.train recipe --replace-shipped` re-trains the embedded checkpoints in place (GUIDELINES.md)"
 )
+# Below this many parameters a model on the CPU runs on one thread by default: its matrices are too small for
+# PyTorch's one-thread-per-core default to pay for the synchronisation (benchmarks/bench_threads.py).
+SMALL_MODEL_PARAMETERS = 10**9
+# Set by a user who chose the thread count; the default policy then leaves PyTorch's setting alone.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def default_device() -> torch.device:
@@ -88,6 +95,37 @@ def load_tokenizer(name_or_path: Optional[str] = None, config=None):
     return AutoTokenizer.from_pretrained(path, config=config, trust_remote_code=False)
 
 
+def cpu_threads(threads: Optional[int], on_cpu: bool, parameters: int, environ=os.environ) -> Optional[int]:
+    """The policy for torch's CPU thread count: the number to set, or None to leave torch's setting alone.
+
+    threads: the user's choice (``--threads``): N >= 1 is used as given, 0 keeps torch's own default (one
+        thread per core); None applies the default policy:
+    one thread for a small model (< SMALL_MODEL_PARAMETERS) held wholly on the CPU, unless OMP_NUM_THREADS or
+    MKL_NUM_THREADS is set in ``environ``; otherwise torch's setting.
+    """
+    if threads is not None:
+        check_int("threads", threads, minimum=0)
+        return threads or None
+    if not on_cpu or parameters >= SMALL_MODEL_PARAMETERS or any(environ.get(name) for name in THREAD_VARIABLES):
+        return None
+    return 1
+
+
+def set_cpu_threads(model, threads: Optional[int] = None, on_cpu: Optional[bool] = None) -> Optional[int]:
+    """Apply ``cpu_threads`` to a loaded model: torch.set_num_threads(n) when the policy names one.
+
+    on_cpu: whether every weight is on the CPU (default: read from the model's parameters).
+    Returns the thread count set, or None when torch's setting was left alone.
+    """
+    parameters = list(model.parameters())
+    if on_cpu is None:
+        on_cpu = all(p.device.type == "cpu" for p in parameters)
+    chosen = cpu_threads(threads, on_cpu, sum(p.numel() for p in parameters))
+    if chosen is not None:
+        torch.set_num_threads(chosen)
+    return chosen
+
+
 def load_model(
     name_or_path: Optional[str] = None,
     device: Union[str, torch.device, None] = None,
@@ -97,6 +135,7 @@ def load_model(
     device_map: Union[str, dict, None] = None,
     max_memory: Optional[dict] = None,
     offload_folder: Optional[str] = None,
+    threads: Optional[int] = None,
 ):
     """Load a Genjo checkpoint (Genjo or original-release layout) in eval mode.
 
@@ -107,6 +146,10 @@ def load_model(
         ``max_memory``, e.g. {0: "14GiB", "cpu": "30GiB"}), and run where their weights are. The
         input ids then go on ``model.device``; accelerate returns the logits on the input's device, while
         each layer's key/value cache stays on its block's device.
+    threads: torch's CPU thread count (``torch.set_num_threads``, process-wide). None: one thread when the whole
+        model is on the CPU and has under a billion parameters (the embedded models), unless OMP_NUM_THREADS or
+        MKL_NUM_THREADS is set; else torch's setting is kept. N >= 1 sets N; 0 keeps torch's setting (one thread
+        per core by default). See ``cpu_threads``.
     Returns (model, tokenizer), or the model alone when with_tokenizer is False.
     """
     from .modeling_genjo import GenjoModelLM
@@ -123,13 +166,14 @@ def load_model(
         dtype = dtype or default_dtype(default_device())
         kwargs = {k: v for k, v in dict(max_memory=max_memory, offload_folder=offload_folder).items() if v is not None}
         model = GenjoModelLM.from_pretrained(path, config=config, dtype=dtype, device_map=device_map, **kwargs).eval()
+    set_cpu_threads(model, threads)
     if not with_tokenizer:
         return model
     return model, load_tokenizer(path, config)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
-    """Add --model, --device, --device-map and --dtype, shared by every script."""
+    """Add --model, --device, --device-map, --dtype and --threads, shared by every script."""
     parser.add_argument("--model", default=default, help="local checkpoint folder or hub id (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda if available)")
     parser.add_argument(
@@ -145,6 +189,14 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: str = DEFAULT_
         choices=["bfloat16", "float16", "float32"],
         help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of torch; 0 keeps torch's default of one per core (default: 1 for a model under 1e9 "
+        "parameters on the CPU, where more threads only add overhead, unless OMP_NUM_THREADS or MKL_NUM_THREADS "
+        "is set; else torch's default)",
+    )
     return parser
 
 
@@ -154,4 +206,5 @@ def load_from_args(args: argparse.Namespace, with_tokenizer: bool = True):
     device_map = getattr(args, "device_map", None)
     if device_map is not None and args.device is not None:
         raise ValueError("Pass --device or --device-map, not both.")
-    return load_model(args.model, device=args.device, dtype=dtype, with_tokenizer=with_tokenizer, device_map=device_map)
+    return load_model(args.model, device=args.device, dtype=dtype, with_tokenizer=with_tokenizer, device_map=device_map,
+                      threads=getattr(args, "threads", None))  # fmt: skip

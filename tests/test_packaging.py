@@ -51,6 +51,15 @@ def test_wheel_holds_the_library_and_every_checkpoint_file(wheel):
     assert not any(".data/" in name for name in names)
 
 
+def test_wheel_names_its_licence(wheel):
+    """MIT (the original LLaDA code's licence), as an SPDX expression, with the LICENSE text in the dist-info."""
+    archive = zipfile.ZipFile(wheel)
+    metadata = archive.read(next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: MIT" in metadata.splitlines()
+    licence = next(n for n in archive.namelist() if n.endswith(".dist-info/licenses/LICENSE"))
+    assert archive.read(licence) == (ROOT / "LICENSE").read_bytes()
+
+
 def test_installed_wheel_answers_from_another_directory(wheel, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

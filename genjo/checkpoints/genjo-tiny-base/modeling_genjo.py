@@ -8,9 +8,11 @@ Shapes: B = batch, T = query length, S = key length (T, or more with a KV cache)
 H = query heads, Hkv = key/value heads, Dh = head dim, V = embedding_size.
 
 This file is copied next to the weights by ``save_pretrained`` and imported there as remote code,
-so it depends on nothing but ``torch``, ``transformers`` and ``configuration_genjo.py``.
+so it depends on nothing but ``torch``, ``transformers`` and ``configuration_genjo.py``. Only
+``GenjoModelLM.generate`` needs the ``genjo`` package (the sampler), and imports it when called.
 """
 
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -412,8 +414,68 @@ def _set_init_std(config: GenjoConfig, model: "GenjoModel") -> None:
             block.ff_out.init_std = (config.mlp_hidden_size * depth) ** -0.5
 
 
+GENJO_MISSING = (
+    "GenjoModelLM.generate() runs Genjo's diffusion sampler, which lives in the genjo package, and that package "
+    "cannot be imported here. Install it: `pip install -e .` in a clone of the Genjo repository (or pip install "
+    "the genjo package where it is published); or sample from the repository itself: `from genjo import generate; "
+    "generate(model, input_ids, ...)` or `python generate.py --model <this checkpoint folder>`. The forward pass "
+    "(model(input_ids).logits) needs only torch and transformers."
+)
+
+# transformers generate() options with no counterpart in masked diffusion, and what to use instead.
+AUTOREGRESSIVE_OPTIONS = {
+    "do_sample": "sampling is on when temperature > 0 (temperature=0 is greedy)",
+    "top_k": "proposals are drawn from the full softmax at `temperature`",
+    "top_p": "proposals are drawn from the full softmax at `temperature`",
+    "num_beams": "there is no beam search in diffusion sampling",
+    "max_length": "pass max_new_tokens, the answer length",
+    "min_new_tokens": "the answer has exactly max_new_tokens slots; EOS fills what the model leaves",
+    "num_return_sequences": "repeat the rows of input_ids (at temperature > 0 they then differ)",
+    "eos_token_id": "pass eos_id (default: config.eos_token_id)",
+    "generation_config": "pass the sampler settings as keyword arguments",
+}
+
+
+def genjo_sampler():
+    """The ``genjo.sampling`` and ``genjo.settings`` modules, imported on first use.
+
+    This file must import with torch and transformers alone (it ships as remote code), so the sampler is not
+    imported at module level; transformers' check of a remote file's imports skips this try block.
+    """
+    try:
+        from genjo import sampling, settings
+    except ImportError as error:
+        raise ImportError(GENJO_MISSING) from error
+    return sampling, settings
+
+
+class FinalTokensStreamer:
+    """Feeds a transformers-style streamer (``put(tokens)``, ``end()``) the answer tokens that are final.
+
+    A diffusion step commits tokens anywhere in the current block, so the canvas is not text that grows at its
+    end. A committed token never changes, though, so the answer's columns before the first still-masked slot
+    (in every row) are final: after each step they are put as a (B, n) int64 CPU tensor, left to right, each
+    column once. Concatenated, the puts are exactly the new tokens.
+    """
+
+    def __init__(self, streamer, prompt_length: int, mask_id: int):
+        self.streamer = streamer
+        self.prompt_length = prompt_length
+        self.mask_id = mask_id
+        self.sent = 0  # answer columns already put
+
+    def send_up_to(self, canvas: torch.Tensor) -> None:
+        """Put the columns of canvas (B, L + G) that became final since the last call."""
+        answer = canvas[:, self.prompt_length :]
+        masked = (answer == self.mask_id).any(dim=0)  # (G,): a column is final once no row has a mask there
+        final = int(masked.int().argmax()) if bool(masked.any()) else answer.shape[1]
+        if final > self.sent:
+            self.streamer.put(answer[:, self.sent : final].cpu())
+            self.sent = final
+
+
 class GenjoModelLM(GenjoPreTrainedModel):
-    """Hugging Face wrapper: ``GenjoModelLM.model`` is the :class:`GenjoModel`."""
+    """Hugging Face wrapper: ``GenjoModelLM.model`` is the :class:`GenjoModel`; ``generate`` samples answers."""
 
     supports_logits_mask = True  # forward(logits_mask=...) computes the LM head only where asked
 
@@ -467,6 +529,103 @@ class GenjoModelLM(GenjoPreTrainedModel):
         if not return_dict:
             return tuple(v for v in (outputs.logits, outputs.attn_key_values, outputs.hidden_states) if v is not None)
         return GenjoLMOutput(logits=outputs.logits, cache=outputs.attn_key_values, hidden_states=outputs.hidden_states)
+
+    def generate(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        *,
+        max_new_tokens: Optional[int] = None,
+        steps: Optional[int] = None,
+        block_length: Optional[int] = None,
+        temperature: Optional[float] = None,
+        return_new_tokens_only: bool = False,
+        streamer=None,
+        step_callback=None,
+        **settings,
+    ) -> torch.LongTensor:
+        """Sample answers by reverse masked diffusion: the transformers spelling of ``genjo.generate``.
+
+        ``model.generate(**tokenizer(text, return_tensors="pt"), max_new_tokens=32)`` calls the one sampler,
+        ``genjo.sampling.generate``, and returns what it returns. It needs the ``genjo`` package (an ImportError
+        says how to install it); the model itself does not.
+
+        input_ids: (B, L) int64 prompt, left-padded when B > 1; attention_mask: (B, L) of 1 / 0, or None.
+        max_new_tokens: the answer length (the sampler's gen_length; a multiple of block_length, else a
+            ValueError). Every one of these slots is decoded; the model writes EOS after a shorter answer.
+        steps, block_length, temperature and the other sampler settings (cfg_scale, remasking, threshold,
+            factor, cache, early_stop, logits_eos_inf, confidence_eos_eot_inf, and mask_id, eos_id, eot_id,
+            stats): as in ``genjo.generate``. A setting left None takes the checkpoint's config.json
+            ``sampler_defaults``, else Genjo's fallback (``genjo.settings.resolve_sampler_settings``).
+        return_new_tokens_only: return (B, max_new_tokens), the answer alone.
+        streamer: an object with ``put(tokens)`` and ``end()`` (e.g. transformers' TextStreamer). As in
+            transformers it first gets the prompt (B, L), then the answer's tokens as they become final: after
+            each step, the columns before the first slot still masked in any row, as (B, n); ``end()`` when
+            done. Diffusion commits tokens out of order, so a column is streamed only once all of its left is
+            committed; with low-confidence remasking that is mostly block by block.
+        step_callback: called with genjo's StepInfo (the whole canvas, proposals, confidences, commits) after
+            every step: the way to watch the unordered denoising itself.
+
+        Returns the (B, L + max_new_tokens) int64 canvas (prompt, then answer) on input_ids' device, or the
+        answer alone with return_new_tokens_only. Raises ValueError naming the argument for bad input.
+        """
+        sampling, sampler_settings = genjo_sampler()
+        # generate()'s keywords outside the settings table: mask_id, eos_id, eot_id, stats
+        passed_through = set(inspect.signature(sampling.generate).parameters) - set(sampler_settings.SETTINGS)
+        passed_through -= {"model", "prompt", "attention_mask", "step_callback"}
+        accepted = set(sampler_settings.SETTINGS) | passed_through
+        for name in settings:
+            if name not in accepted:
+                hint = AUTOREGRESSIVE_OPTIONS.get(name, "")
+                raise ValueError(f"{name} is not a setting of Genjo's diffusion sampler{': ' + hint if hint else ''}. "
+                                 f"Settings: max_new_tokens, {', '.join(sorted(accepted))}, "
+                                 "return_new_tokens_only, streamer, step_callback.")  # fmt: skip
+        gen_length = settings.pop("gen_length", None)
+        if max_new_tokens is not None and gen_length is not None and max_new_tokens != gen_length:
+            raise ValueError(f"max_new_tokens ({max_new_tokens}) and gen_length ({gen_length}) name the same "
+                             "answer length: pass one of them.")  # fmt: skip
+        if input_ids is None:
+            raise ValueError("Pass input_ids, the (B, L) int64 prompt (e.g. **tokenizer(text, return_tensors='pt')).")
+        given = dict(settings, gen_length=max_new_tokens if max_new_tokens is not None else gen_length, steps=steps,
+                     block_length=block_length, temperature=temperature)  # fmt: skip
+        resolved = sampler_settings.resolve_sampler_settings(given, self)
+        unset = sorted(name for name in sampler_settings.CORE_SETTINGS if given.get(name) is None)
+        if resolved["gen_length"] % resolved["block_length"]:
+            raise ValueError(f"max_new_tokens ({resolved['gen_length']}) must be a multiple of block_length "
+                             f"({resolved['block_length']}{', the default' if block_length is None else ''})"
+                             f": pass block_length={resolved['gen_length']} for a single block, or a max_new_tokens "
+                             f"that block_length divides.")  # fmt: skip
+        other_keywords = {name: value for name, value in settings.items() if name in passed_through}
+        try:
+            sampling.check_sampler_settings(self, **resolved, **other_keywords)
+        except ValueError as error:
+            origin = f"; {', '.join(unset)} came from the checkpoint's sampler_defaults or fallbacks" if unset else ""
+            raise ValueError(f"{error} (max_new_tokens is gen_length{origin})") from None
+        sampling.check_prompt(self, input_ids)
+
+        prompt_length = input_ids.shape[1]
+        callback = step_callback
+        if streamer is not None:
+            mask_id = settings.get("mask_id")
+            final = FinalTokensStreamer(streamer, prompt_length, mask_id if mask_id is not None else
+                                        sampling.config_int(self, "mask_token_id"))  # fmt: skip
+
+            def callback(info):
+                final.send_up_to(info.canvas)
+                if step_callback is not None:
+                    step_callback(info)
+
+            streamer.put(input_ids.cpu())
+        try:
+            canvas = sampling.generate(
+                self, input_ids, attention_mask, **resolved, **other_keywords, step_callback=callback
+            )
+            if streamer is not None:
+                final.send_up_to(canvas)  # what early stop filled with EOS after the last step
+        finally:
+            if streamer is not None:
+                streamer.end()
+        return canvas[:, prompt_length:] if return_new_tokens_only else canvas
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
