@@ -249,12 +249,13 @@ def train(args: TrainArgs, data=None) -> str:
         window_losses.append(mean_loss)
         recent = [*recent[-9:], (time.perf_counter(), input_ids.numel())]
         rate = sum(n for _, n in recent[1:]) / (recent[-1][0] - recent[0][0]) if len(recent) > 1 else 0.0
-        progress.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{learning_rate(args, step):.1e}")
+        # The bar shows this step's loss; the learning-curve record's "loss" is the mean since the previous record.
+        progress.set_postfix(step_loss=f"{mean_loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{learning_rate(args, step):.1e}")
 
         done = step + 1
         if done % args.eval_every == 0 or done == last_step:
             record = {"stage": args.stage, "step": done, "tokens": tokens_seen,
-                      "loss": sum(window_losses) / len(window_losses),
+                      "loss": sum(window_losses) / len(window_losses), "loss_steps": len(window_losses),
                       "tokens_per_s": round(tokens_record / (time.perf_counter() - t_record), 1)}  # fmt: skip
             window_losses = []
             if eval_batches:
