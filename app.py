@@ -99,10 +99,12 @@ TINY_EXAMPLES = [
     ("Reverse: alpha bravo charlie", ""),
     ("What is 12 + 30?", ""),
     ("What is the capital of France?", ""),
-    ("Reverse: alpha bravo charlie", "2:delta"),
+    ("Reverse: alpha bravo charlie delta echo foxtrot golf", "5:delta, 6:charlie"),
 ]
 TINY_CONSTRAINT_EXAMPLE = (
-    '"Reverse: alpha bravo charlie" with 2:delta answers "charlie delta alpha" (charlie is 2 tokens, c + harlie)'
+    '"Reverse: alpha bravo charlie delta echo foxtrot golf" (7 words, one more than the model learned) is answered '
+    '"golf foxtrot echo bravo alpha", without delta and charlie; 5:delta, 6:charlie puts them back in place: '
+    '"golf foxtrot echo delta charlie" (positions count tokens, not words: golf is 3 tokens, go + l + f)'
 )
 GENERAL_EXAMPLES = [
     ("What is the capital of France?", ""),

@@ -358,8 +358,8 @@ def test_a_person_chats_in_chromium_and_the_page_looks_right(instruct_model_path
             model_line = page.inner_text("#model-line")
             settings_height = page.locator("#settings").bounding_box()["height"]
             page.screenshot(path=str(shots["start"]), full_page=True)
-            page.locator("#examples").get_by_text("2:delta").click()  # the example with a word constraint
-            page.wait_for_function("document.querySelector('#constraints textarea').value === '2:delta'")
+            page.locator("#examples").get_by_text("5:delta, 6:charlie").click()  # the example with word constraints
+            page.wait_for_function("document.querySelector('#constraints textarea').value === '5:delta, 6:charlie'")
             picked = page.input_value("#message textarea")
             page.click("#send")
             states, mid_seen = [], False  # states: the visualised tokens, one list per distinct frame seen
@@ -397,13 +397,17 @@ def test_a_person_chats_in_chromium_and_the_page_looks_right(instruct_model_path
             browser.close()
         assert "genjo-tiny-instruct" in model_line and "parameters" in model_line
         assert settings_height < 80, f"the closed settings accordion is {settings_height} px tall"
-        assert picked == "Reverse: alpha bravo charlie"
+        assert picked == "Reverse: alpha bravo charlie delta echo foxtrot golf"
         assert mid_seen, f"never saw a partly revealed answer; states: {states[:5]}"
         assert states[0] == ["[MASK]"] * 32  # the checkpoint's gen_length
         assert all(len(s) == 32 for s in states), "a frame dropped slots"
         assert len([s for s in states if "[MASK]" in s]) >= 3  # several intermediate frames streamed
-        assert states[-1][:5] == ["c", "harlie", " delta", " alpha", "EoT"] and set(states[-1][5:]) == {"EOS"}
-        assert "Reverse: alpha bravo charlie" in chat_text and "charlie delta alpha" in chat_text
+        # Without the constraints the model drops delta and charlie (7 words, one more than it learned); with them
+        # they stand in place (positions count tokens: golf is go + l + f).
+        assert states[-1][:8] == ["go", "l", "f", " foxtrot", " echo", " delta", " charlie", "EoT"]
+        assert set(states[-1][8:]) == {"EOS"}
+        assert "Reverse: alpha bravo charlie delta echo foxtrot golf" in chat_text
+        assert "golf foxtrot echo delta charlie" in chat_text
         assert layout["texts"], "no user message in the chat"
         for text in layout["texts"]:  # the user's message is fully visible: inside the chat, under no button
             assert layout["chat"][0] <= text[0] and text[2] <= layout["chat"][2], (text, layout["chat"])
@@ -431,3 +435,23 @@ def wait_for_http(url: str, server: subprocess.Popen, log_path, timeout: float =
         except OSError:
             time.sleep(0.5)
     raise AssertionError(f"app.py did not answer within {timeout} s:\n{open(log_path).read()}")
+
+
+def test_the_constraint_example_puts_back_what_the_model_drops(tiny_tokenizer):
+    """The demo's constraint example does something useful with the embedded model: the two words it drops
+    from a 7-word reversal come back in place."""
+    from conftest import require_checkpoint
+
+    from genjo.constraints import parse_constraints
+    from genjo.denoising_view import generate_response_with_visualization
+    from genjo.loading import DEFAULT_MODEL, load_model
+
+    model, tokenizer = load_model(require_checkpoint(DEFAULT_MODEL), device="cpu")
+    question, constraints = app.TINY_EXAMPLES[-1]
+    messages = [{"role": "user", "content": question}]
+    settings = dict(gen_length=32, steps=32, block_length=32)
+    _, free = generate_response_with_visualization(model, tokenizer, "cpu", messages, **settings)
+    _, steered = generate_response_with_visualization(model, tokenizer, "cpu", messages, **settings,
+                                                      constraints=parse_constraints(constraints))  # fmt: skip
+    assert (free, steered) == ("golf foxtrot echo bravo alpha", "golf foxtrot echo delta charlie")
+    assert f'"{free}"' in app.TINY_CONSTRAINT_EXAMPLE and f'"{steered}"' in app.TINY_CONSTRAINT_EXAMPLE
