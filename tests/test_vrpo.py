@@ -277,3 +277,13 @@ def test_two_processes_under_accelerate_give_the_numbers_of_one(vrpo_files, tmp_
         for key in ("loss", "pref_margin", "pref_loss"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
         assert b["pref_accuracy"] == a["pref_accuracy"]
+
+
+def test_bad_prompt_lines_of_the_pairs_helper_name_the_file_and_line(tmp_path):
+    from genjo.train.pairs import read_prompts
+
+    good = {"messages": [{"role": "user", "content": "Sort: 2 1"}], "answer": "1 2"}
+    path = write_lines(tmp_path / "prompts.jsonl", [good, {"messages": good["messages"]}])
+    with pytest.raises(ValueError, match=r"prompts.jsonl:2: each line must be like"):
+        read_prompts(path)
+    assert read_prompts(write_lines(tmp_path / "ok.jsonl", [good, good])) == [good, good]

@@ -353,6 +353,23 @@ class PreferencePairs:
         return out
 
 
+def json_objects(path: str):
+    """(record, "path:line") of every non-empty line of a JSON-lines file; ValueError naming the line of a bad one."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            location = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{location}: not a JSON line ({error}).") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{location}: each line must be a JSON object; got {line[:80]!r}.")
+            yield record, location
+
+
 def check_preference_files(paths: list[str]) -> int:
     """Read every line of the files once (JSON and fields only, no tokenizing); the number of records.
 
@@ -360,20 +377,9 @@ def check_preference_files(paths: list[str]) -> int:
     """
     count = 0
     for path in paths:
-        with open(path, "rb") as f:
-            for number, raw in enumerate(f, start=1):
-                line = raw.strip()
-                if not line:
-                    continue
-                location = f"{path}:{number}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{location}: not a JSON line ({error}).") from None
-                if not isinstance(record, dict):
-                    raise ValueError(f"{location}: each line must be an object like {PREFERENCE_EXAMPLE}.")
-                check_preference_record(record, location)
-                count += 1
+        for record, location in json_objects(path):
+            check_preference_record(record, location)
+            count += 1
     if not count:
         raise ValueError(f"No preference pairs in {paths}: every line is empty.")
     return count

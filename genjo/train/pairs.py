@@ -21,29 +21,21 @@ from tqdm.auto import tqdm
 from ..chat_format import encode_chat, left_padded
 from ..sampling import generate
 from ..settings import resolve_sampler_settings
-from .files import check_messages
+from .files import check_messages, json_objects
 
 
 def read_prompts(path: str) -> list[dict]:
     """The records of a prompts file, checked: ValueError naming the file and line of a bad one."""
     records = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            location = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{location}: not a JSON line ({error}).") from None
-            messages = record.get("messages") if isinstance(record, dict) else None
-            if not isinstance(messages, list) or not messages or not isinstance(record.get("answer"), str):
-                raise ValueError(f'{location}: each line must be like {{"messages": [{{"role": "user", "content": '
-                                 f'"..."}}], "answer": "the correct answer"}}; got {line.strip()[:80]!r}.')  # fmt: skip
-            check_messages(messages, location)
-            if messages[-1]["role"] != "user":
-                raise ValueError(f"{location}: the messages must end with the user's turn.")
-            records.append(record)
+    for record, location in json_objects(path):
+        messages = record.get("messages")
+        if not isinstance(messages, list) or not messages or not isinstance(record.get("answer"), str):
+            raise ValueError(f'{location}: each line must be like {{"messages": [{{"role": "user", "content": '
+                             f'"..."}}], "answer": "the correct answer"}}.')  # fmt: skip
+        check_messages(messages, location)
+        if messages[-1]["role"] != "user":
+            raise ValueError(f"{location}: the messages must end with the user's turn.")
+        records.append(record)
     return records
 
 

@@ -304,16 +304,16 @@ def preference_metrics(model, parts: list, stored_reference: list, beta: float, 
 def load_reference(folder: str, accelerator, fsdp: bool):
     """The frozen reference model (the --init checkpoint): on this process's device, no gradients, eval mode.
 
-    Under FSDP it is sharded like the policy (one GenjoBlock per unit, bf16 compute), so each GPU holds 1 / N
-    of it (docs/vrpo.md, "Memory").
+    Under FSDP it is sharded like the policy (FSDP2 ``fully_shard``, one GenjoBlock per unit, bf16 compute), so
+    each GPU holds 1 / N of it (docs/vrpo.md, "The 8B"). The FSDP path has not been run on GPUs yet.
     """
     from .model import load_training_model
 
     reference = load_training_model(folder)
     reference.requires_grad_(False)
     reference.eval()
-    if not fsdp:
-        return reference.to(accelerator.device)
+    if not fsdp:  # on the device, with the policy's autocast (bf16 on CUDA), never wrapped for data parallelism
+        return accelerator.prepare_model(reference, evaluation_mode=True)
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
