@@ -274,8 +274,11 @@ def test_two_processes_under_accelerate_give_the_numbers_of_one(vrpo_files, tmp_
     assert len(one) == len(two) == 2
     for a, b in zip(one, two):
         assert a["tokens"] == b["tokens"]
-        for key in ("loss", "pref_margin", "pref_loss"):
-            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), key
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4) and b["pref_loss"] == pytest.approx(
+            a["pref_loss"], rel=1e-4
+        )
+        # a margin is a difference of estimates of about 40 nats: the gradients' summation order shows at 1e-5 there
+        assert b["pref_margin"] == pytest.approx(a["pref_margin"], abs=1e-3)
         assert b["pref_accuracy"] == a["pref_accuracy"]
 
 
