@@ -21,6 +21,11 @@ exactly the next batch (the step counter, the optimizer and the position in the 
     python -m genjo.train sft --data chats.jsonl --init runs/base/final --run-dir runs/sft --steps 2000
     accelerate launch --config_file configs/fsdp_8b.yaml -m genjo.train sft ...   # the 8B on 8 GPUs
     python -m genjo.train pretrain --objective ar ...  # the autoregressive twin (causal mask, next token)
+    python -m genjo.train vrpo --init runs/sft/final --data prefs.jsonl --run-dir runs/vrpo   # preference pairs
+
+VRPO (docs/vrpo.md): DPO on ELBO estimates with variance reduction (LLaDA 1.5); the lines of --data are
+{"messages": [... ending with the user's turn], "chosen": "...", "rejected": "..."}. Its defaults (learning
+rate, schedule, batch) are VRPO_DEFAULTS, shown by `python -m genjo.train vrpo --help`.
 """
 
 import argparse
@@ -32,12 +37,12 @@ from typing import Optional
 from .. import tinyworld
 from .losses import OBJECTIVES
 
-STAGES = ("pretrain", "sft")
+STAGES = ("pretrain", "sft", "vrpo")
 
 
 @dataclass
 class TrainArgs:
-    stage: str = "pretrain"  # "pretrain" or "sft"
+    stage: str = "pretrain"  # "pretrain", "sft" or "vrpo"
     # A key of genjo.train.losses.OBJECTIVES. "mdm": the masked-diffusion losses. "ar": a causal model on the
     # next-token loss, the autoregressive twin the reversal experiment compares against (genjo/reversal.py).
     objective: str = "mdm"
@@ -84,6 +89,22 @@ class TrainArgs:
     grad_accum: int = 1  # micro-batches per step on each process (batch_size = processes x grad_accum x micro)
     gradient_checkpointing: bool = False  # recompute each block's activations in the backward pass
     mixed_precision: str = "auto"  # "bf16", "no" (fp32), or "auto": bf16 on CUDA, fp32 on CPU
+    # VRPO (stage "vrpo", genjo/train/preference.py)
+    beta: float = 0.1  # scale of the preference score inside the log-sigmoid
+    budget: int = 8  # noisy copies per ELBO estimate
+    allocation: str = "optimal"  # budget times x 1 mask; "naive": 1 time x budget masks; "KxM"
+    antithetic: bool = True  # the reference's estimates share the policy's times and masks
+
+
+# The defaults of a vrpo run where they differ from pre-training's: tuned on the embedded instruct model
+# (docs/vrpo.md, "Defaults"); the 8B values are documented there.
+VRPO_DEFAULTS = dict(steps=100, batch_size=8, lr=2e-4, min_lr=1e-5, warmup_steps=5, weight_decay=0.0, eval_every=20,
+                     save_every=20, eval_fraction=0.1, eval_rows=128, sft_max_len=512)  # fmt: skip
+
+
+def stage_defaults(stage: str) -> "TrainArgs":
+    """The TrainArgs of a stage with every other setting at its default (VRPO_DEFAULTS for vrpo)."""
+    return TrainArgs(stage=stage, **(VRPO_DEFAULTS if stage == "vrpo" else {}))
 
 
 # One line per flag for --help (the default is appended).
@@ -128,17 +149,25 @@ HELP = {
     "grad_accum": "gradient accumulation: micro-batches per process per step",
     "gradient_checkpointing": "recompute block activations in the backward pass (less memory, more compute)",
     "mixed_precision": "bf16 autocast with fp32 weights ('bf16'), fp32 ('no'), or 'auto' (bf16 on CUDA)",
+    "beta": "vrpo: the preference score's scale in the loss -log sigmoid(beta * score)",
+    "budget": "vrpo: noisy copies (diffusion time + mask) per ELBO estimate",
+    "allocation": "vrpo: the budget as 'optimal' (budget times x 1 mask), 'naive' (1 time x budget masks) or 'KxM'",
+    "antithetic": "vrpo: the reference's ELBO estimates share the policy's times and masks (--no-antithetic: own)",
 }
 CHOICES = {"mixed_precision": ["auto", "bf16", "no"], "sft_turns": ["sample", "all"], "objective": list(OBJECTIVES)}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line: a stage, then one flag per TrainArgs field (and the recipe's own)."""
+def build_parser(stage: str = "pretrain") -> argparse.ArgumentParser:
+    """The command line: a stage, then one flag per TrainArgs field (and the recipe's own).
+
+    The flags' defaults are those of `stage` (stage_defaults): the vrpo stage has its own learning rate, etc.
+    """
     parser = argparse.ArgumentParser(prog="python -m genjo.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("stage", choices=[*STAGES, "recipe"],
-                        help="pretrain, sft, or recipe (re-train the embedded tiny models)")  # fmt: skip
-    defaults = TrainArgs()
+                        help="pretrain, sft, vrpo (preference pairs), or recipe (re-train the embedded tiny "
+                             "models)")  # fmt: skip
+    defaults = stage_defaults(stage)
     for f in fields(TrainArgs):
         if f.name in ("stage", "family_weights"):
             continue
@@ -173,7 +202,9 @@ def args_from_namespace(ns: argparse.Namespace) -> TrainArgs:
 def check_args(args: TrainArgs, world_size: int = 1) -> None:
     """ValueError for settings that cannot work; a warning for a schedule that never reaches --lr."""
     if args.stage not in STAGES:
-        raise ValueError(f"stage must be 'pretrain' or 'sft', not {args.stage!r}.")
+        raise ValueError(f"stage must be 'pretrain', 'sft' or 'vrpo', not {args.stage!r}.")
+    if args.stage == "vrpo":
+        check_vrpo_args(args)
     if args.objective not in OBJECTIVES:
         names = ", ".join(f"'{name}' ({objective.help})" for name, objective in OBJECTIVES.items())
         raise ValueError(f"objective must be one of {names}, not {args.objective!r}.")
@@ -189,3 +220,22 @@ def check_args(args: TrainArgs, world_size: int = 1) -> None:
     if args.steps < args.warmup_steps:
         warnings.warn(f"--steps ({args.steps}) is shorter than --warmup-steps ({args.warmup_steps}): the learning "
                       f"rate never reaches --lr ({args.lr}).", stacklevel=2)  # fmt: skip
+
+
+def check_vrpo_args(args: TrainArgs) -> None:
+    """ValueError for a vrpo run that cannot work (before any model is loaded)."""
+    from .preference import parse_allocation
+
+    if not args.init:
+        raise ValueError("vrpo starts from a fine-tuned model, which is also the frozen reference: pass --init "
+                         "SFT_FOLDER (e.g. genjo/checkpoints/genjo-tiny-instruct).")  # fmt: skip
+    if not args.data:
+        raise ValueError('vrpo needs --data prefs.jsonl: lines {"messages": [...], "chosen": "...", "rejected": "..."} '
+                         "(python -m genjo.train.pairs writes such a file from a model's own samples).")  # fmt: skip
+    if args.objective != "mdm":
+        raise ValueError(f"vrpo aligns masked diffusion models (--objective mdm), not {args.objective!r}.")
+    if args.sft_plain_text:
+        raise ValueError("sft_plain_text mixes tiny-world text into SFT; vrpo trains on preference pairs only.")
+    if not (isinstance(args.beta, (int, float)) and args.beta > 0):
+        raise ValueError(f"beta must be > 0 (e.g. 0.1), not {args.beta!r}.")
+    parse_allocation(args.allocation, args.budget)

@@ -1,14 +1,19 @@
-"""The command line of ``python -m genjo.train``: a stage (pretrain, sft) or the tiny models' recipe."""
+"""The command line of ``python -m genjo.train``: a stage (pretrain, sft, vrpo) or the tiny models' recipe."""
+
+import sys
 
 from ..loading import CHECKPOINTS
 from . import recipe
-from .args import args_from_namespace, build_parser
+from .args import STAGES, args_from_namespace, build_parser
 from .loop import train
 
 
 def main(argv=None) -> None:
     """Parse the command line (argv, default sys.argv) and run the stage, or the recipe; prints the final folder."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    stage = next((a for a in argv if not a.startswith("-")), "pretrain")  # the stage: its own flag defaults
+    stage = stage if stage in STAGES else "pretrain"
+    parser = build_parser(stage)
     ns = parser.parse_args(argv)
     if ns.stage == "recipe":
         if ns.replace_shipped and ns.export_root:

@@ -181,6 +181,75 @@ class FileData:
         self.reader.load_state_dict(state)
 
 
+def preference_rows(triples: list, eos: int, weights: Optional[list] = None) -> tuple[torch.Tensor, ...]:
+    """A batch of P preference pairs as tensors: chosen (P, L), rejected (P, L), prompt_lengths (P,), lengths (P,).
+
+    Each pair's two rows are prompt + answer, EOS-padded to the same length (prompt + the longer answer), as the
+    rows of an SFT batch are; that length is lengths[i]. Columns from lengths[i] on are batch padding (EOS ids,
+    hidden from attention by the estimator). With weights, a fifth tensor (P,) fp32.
+    """
+    lengths = [len(p) + max(len(c), len(r)) for p, c, r in triples]
+    width = max(lengths)
+    chosen = [p + c + [eos] * (width - len(p) - len(c)) for p, c, _ in triples]
+    rejected = [p + r + [eos] * (width - len(p) - len(r)) for p, _, r in triples]
+    out = (torch.tensor(chosen, dtype=torch.long), torch.tensor(rejected, dtype=torch.long),
+           torch.tensor([len(p) for p, _, _ in triples]), torch.tensor(lengths))  # fmt: skip
+    return out if weights is None else (*out, torch.tensor(weights, dtype=torch.float32))
+
+
+class PreferenceData:
+    """Global batches of preference pairs read from JSON-lines files (``{"messages", "chosen", "rejected"}``).
+
+    ``batch(step)`` -> preference_rows of batch_size pairs. The held-out share (--eval-fraction, or --eval-data)
+    gives ``eval_batches()``: global batches of preference_rows with weights (filler pairs of weight 0, so that
+    every process gets the same number). Every line of the files is checked before training starts.
+    """
+
+    def __init__(self, args: TrainArgs, tokenizer):
+        self.args, self.tokenizer = args, tokenizer
+        paths = files.data_files(args.data)
+        files.check_preference_files(paths)
+        if args.eval_data:
+            files.check_preference_files(files.data_files(args.eval_data))
+        fraction = 0.0 if args.eval_data else args.eval_fraction
+        train_stream = files.JsonlStream(paths, "messages", keep=lambda line: not files.is_held_out(line, fraction),
+                                         shuffle_buffer=args.shuffle_buffer, seed=args.seed)  # fmt: skip
+        if args.eval_data:
+            eval_stream = files.JsonlStream(files.data_files(args.eval_data), "messages", loop=False)
+        elif fraction > 0:
+            eval_stream = files.JsonlStream(paths, "messages", keep=lambda line: files.is_held_out(line, fraction),
+                                            loop=False)  # fmt: skip
+        else:
+            eval_stream = None
+        self.reader = files.PreferencePairs(train_stream, tokenizer, args.sft_max_len)
+        self.eval_reader = eval_stream and files.PreferencePairs(eval_stream, tokenizer, args.sft_max_len)
+        self._eval_batches = None
+
+    def batch(self, step: int) -> tuple[torch.Tensor, ...]:
+        return preference_rows(self.reader.triples(self.args.batch_size), self.tokenizer.eos_token_id)
+
+    def eval_batches(self) -> list[tuple[torch.Tensor, ...]]:
+        if self.eval_reader is None:
+            return []
+        if self._eval_batches is None:
+            triples, size = self.eval_reader.triples(self.args.eval_rows), self.args.batch_size
+            self._eval_batches = []
+            for start in range(0, len(triples), size):
+                chunk = triples[start : start + size]
+                weights = [1.0] * len(chunk) + [0.0] * (size - len(chunk))
+                chunk = chunk + [chunk[0]] * (size - len(chunk))
+                self._eval_batches.append(preference_rows(chunk, self.tokenizer.eos_token_id, weights))
+        return self._eval_batches
+
+    def state_dict(self) -> dict:
+        return self.reader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reader.load_state_dict(state)
+
+
 def training_data(args: TrainArgs, tokenizer):
-    """The data source of a run: your files with --data, else the tiny world."""
+    """The data source of a run: preference pairs for vrpo, your files with --data, else the tiny world."""
+    if args.stage == "vrpo":
+        return PreferenceData(args, tokenizer)
     return FileData(args, tokenizer) if args.data else TinyWorldData(args, tokenizer)

@@ -186,26 +186,32 @@ def conversation_pairs(tokenizer, messages: list, location: str = "messages") ->
     a spelled ``<|eot_id|>`` or ``<|mdm_mask|>`` stays characters. Returns [(prompt ids, answer ids)]
     (int lists), in order.
     """
-    for m in messages:
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise ValueError(f"{location}: every message needs a string 'role' and 'content'; got {m!r:.80}.")
-    pairs = []
-    for k, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        prompt = tokenizer.apply_chat_template(messages[:k], add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(messages[: k + 1], tokenize=False)
-        if not full.startswith(prompt):
-            raise ValueError(f"{location}: the tokenizer's chat template does not render the prompt as a prefix "
-                             "of prompt + answer; SFT needs such a template.")  # fmt: skip
-        prompt_ids = encode_chat(tokenizer, messages[:k], add_generation_prompt=True)
-        answer_ids = encode_pieces(
-            tokenizer, _pieces_from(chat_pieces(tokenizer, messages[: k + 1], False), len(prompt))
-        )
-        pairs.append((prompt_ids, answer_ids))
+    check_messages(messages, location)
+    pairs = [
+        turn_pair(tokenizer, messages[: k + 1], location) for k, m in enumerate(messages) if m["role"] == "assistant"
+    ]
     if not pairs:
         raise ValueError(f"{location}: a conversation needs at least one assistant message.")
     return pairs
+
+
+def check_messages(messages: list, location: str) -> None:
+    """ValueError naming `location` unless every message is a dict with a string 'role' and 'content'."""
+    for m in messages:
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise ValueError(f"{location}: every message needs a string 'role' and 'content'; got {m!r:.80}.")
+
+
+def turn_pair(tokenizer, messages: list, location: str = "messages") -> Pair:
+    """(prompt ids, answer ids) of the last message of a conversation, an assistant turn (see conversation_pairs)."""
+    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not full.startswith(prompt):
+        raise ValueError(f"{location}: the tokenizer's chat template does not render the prompt as a prefix "
+                         "of prompt + answer; SFT needs such a template.")  # fmt: skip
+    prompt_ids = encode_chat(tokenizer, messages[:-1], add_generation_prompt=True)
+    answer_ids = encode_pieces(tokenizer, _pieces_from(chat_pieces(tokenizer, messages, False), len(prompt)))
+    return prompt_ids, answer_ids
 
 
 def _pieces_from(pieces: list[tuple[str, bool]], start: int) -> list[tuple[str, bool]]:
@@ -265,3 +271,115 @@ class ChatPairs:
                 continue
             out.append(self.pending.pop(0))
         return out
+
+
+# ----------------------------------------------------------------------------- preference pairs (vrpo)
+
+# (prompt ids, chosen answer ids, rejected answer ids); each answer ends with the end-of-turn token.
+PreferenceTriple = tuple[list[int], list[int], list[int]]
+PREFERENCE_EXAMPLE = '{"messages": [{"role": "user", "content": "..."}], "chosen": "...", "rejected": "..."}'
+
+
+def check_preference_record(record: dict, location: str) -> None:
+    """ValueError naming `location` ("path:line") unless the record is a valid preference line.
+
+    A valid line: ``messages`` a non-empty list of {"role", "content"} strings ending with the user's turn,
+    ``chosen`` and ``rejected`` two different strings (the assistant's preferred and dispreferred answers).
+    """
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{location}: each line must be an object like {PREFERENCE_EXAMPLE}; 'messages' is missing "
+                         "or empty.")  # fmt: skip
+    check_messages(messages, location)
+    if messages[-1]["role"] != "user":
+        raise ValueError(f"{location}: the messages must end with the user's turn (the answers are the assistant's "
+                         f"reply to it); the last one is a {messages[-1]['role']!r} message.")  # fmt: skip
+    for key in ("chosen", "rejected"):
+        if not isinstance(record.get(key), str):
+            raise ValueError(f"{location}: {key!r} must be the text of an answer (a string); got "
+                             f"{record.get(key)!r:.80}. Each line is like {PREFERENCE_EXAMPLE}.")  # fmt: skip
+    if record["chosen"] == record["rejected"]:
+        raise ValueError(f"{location}: 'chosen' and 'rejected' are the same text; such a pair has no preference "
+                         "(leave it out).")  # fmt: skip
+
+
+def preference_triple(tokenizer, record: dict, location: str = "record") -> PreferenceTriple:
+    """The token ids of a checked preference record: the chat prompt, then each answer as the assistant's turn."""
+    check_preference_record(record, location)
+    answers = []
+    for key in ("chosen", "rejected"):
+        prompt, answer = turn_pair(tokenizer, [*record["messages"], {"role": "assistant", "content": record[key]}],
+                                   location)  # fmt: skip
+        answers.append(answer)
+    return prompt, answers[0], answers[1]
+
+
+class PreferencePairs:
+    """(prompt, chosen, rejected) token ids of the preference records of a stream, with each record's location.
+
+    Triples whose prompt + longer answer exceed `max_len` tokens are skipped (counted in ``skipped``).
+    """
+
+    def __init__(self, records: JsonlStream, tokenizer, max_len: int):
+        self.records, self.tokenizer, self.max_len = records, tokenizer, max_len
+        self.skipped = 0
+
+    def state_dict(self) -> dict:
+        return dict(records=self.records.state_dict(), skipped=self.skipped)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.records.load_state_dict(state["records"])
+        self.skipped = state["skipped"]
+
+    def triples(self, n: int) -> list[PreferenceTriple]:
+        """The next n triples (fewer if a non-looping stream ends)."""
+        out: list[PreferenceTriple] = []
+        skipped_in_a_row = 0
+        while len(out) < n:
+            try:
+                record, location = next(self.records)
+            except StopIteration:
+                return out
+            prompt, chosen, rejected = preference_triple(self.tokenizer, record, location)
+            if len(prompt) + max(len(chosen), len(rejected)) > self.max_len:
+                self.skipped += 1
+                skipped_in_a_row += 1
+                if skipped_in_a_row > 1000:
+                    raise ValueError(f"Preference pairs are longer than sft_max_len ({self.max_len} tokens); "
+                                     "raise --sft-max-len.")  # fmt: skip
+                continue
+            skipped_in_a_row = 0
+            out.append((prompt, chosen, rejected))
+        return out
+
+
+def json_objects(path: str):
+    """(record, "path:line") of every non-empty line of a JSON-lines file; ValueError naming the line of a bad one."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            location = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{location}: not a JSON line ({error}).") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{location}: each line must be a JSON object; got {line[:80]!r}.")
+            yield record, location
+
+
+def check_preference_files(paths: list[str]) -> int:
+    """Read every line of the files once (JSON and fields only, no tokenizing); the number of records.
+
+    Raises the ValueError of the first bad line, naming its file and line, before any training starts.
+    """
+    count = 0
+    for path in paths:
+        for record, location in json_objects(path):
+            check_preference_record(record, location)
+            count += 1
+    if not count:
+        raise ValueError(f"No preference pairs in {paths}: every line is empty.")
+    return count

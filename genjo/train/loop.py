@@ -1,12 +1,17 @@
-"""The training loop: one stage (pretrain or sft) of one objective, data-parallel under accelerate.
+"""The training loop: one stage (pretrain, sft or vrpo) of one objective, data-parallel under accelerate.
 
 Each step sets the learning rate (linear warm-up, cosine decay), takes the global batch of the data source
 (genjo/train/data.py) and the step's masking noise, trains on this process's slice of rows in grad_accum
 micro-batches with the objective's loss (genjo/train/losses.py), and every eval_every steps appends a record
 to RUN_DIR/learning_curve.jsonl (training loss, validation loss with --data, held-out accuracy in tiny-world
 SFT). Every save_every steps RUN_DIR/last holds a usable checkpoint plus what --resume needs.
+
+vrpo (genjo/train/preference.py) takes the same steps on preference pairs: its batch is P pairs, its noise the
+ELBO estimates' times and masks, its loss needs the frozen reference model (the --init checkpoint), and its
+record holds the held-out preference accuracy and margin (the reference's held-out estimates computed once).
 """
 
+import functools
 import json
 import math
 import time
@@ -29,6 +34,14 @@ from .model import (
     load_training_tokenizer,
     new_model,
     save_checkpoint,
+)
+from .preference import (
+    held_out_parts,
+    load_reference,
+    preference_metrics,
+    reference_on_held_out,
+    vrpo_step_loss,
+    vrpo_step_tensors,
 )
 
 STATE_FILE = "training_state.pt"
@@ -193,6 +206,11 @@ def train(args: TrainArgs, data=None) -> str:
     if state is not None:
         data.load_state_dict(state.get("data", {}))
     eval_batches = data.eval_batches()
+    vrpo = args.stage == "vrpo"
+    if vrpo:  # the frozen reference: the --init checkpoint, also when resuming
+        reference = load_reference(args.init, accelerator, fsdp)
+        held_out = held_out_parts(args, eval_batches, rank, world, accelerator.device)
+        stored_reference = reference_on_held_out(reference, held_out, mask_id)
     optimizer = make_optimizer(args, model)
     if state is not None and not fsdp:
         optimizer.load_state_dict(state["optimizer"])
@@ -209,12 +227,14 @@ def train(args: TrainArgs, data=None) -> str:
         n_params = sum(p.numel() for p in unwrapped.parameters())
         print(f"{args.stage}: {n_params / 1e6:.2f}M parameters, {world} process(es), steps {start_step}..{args.steps}")
         if args.data:
-            unit = "rows" if args.stage == "pretrain" else "pairs"
-            n_eval = sum(int(w.sum()) for *_, w in eval_batches)
+            unit = {"pretrain": "rows", "sft": "prompt/answer pairs", "vrpo": "preference pairs"}[args.stage]
+            n_eval = sum(int(batch[-1].sum()) for batch in eval_batches)
             print(f"data: {args.data}; validation: {n_eval} {unit} from {args.eval_data or 'a held-out split'}")
 
     rows = slice(rank * args.batch_size // world, (rank + 1) * args.batch_size // world)
     loss_fn = OBJECTIVES[args.objective].loss
+    if vrpo:
+        loss_fn = functools.partial(vrpo_step_loss, reference=reference, beta=args.beta, mask_id=mask_id)
     last_step = min(args.steps, args.stop_at or args.steps)
     progress = tqdm(range(start_step, last_step), initial=start_step, total=last_step,
                     disable=not accelerator.is_main_process, desc=args.stage)  # fmt: skip
@@ -226,9 +246,16 @@ def train(args: TrainArgs, data=None) -> str:
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args, step)
-        input_ids, prompt_lengths = data.batch(step)
-        noise = step_noise(args.seed, args.stage, args.eps, input_ids, mask_id, step)
-        tensors = (input_ids, prompt_lengths, *noise)
+        if vrpo:  # (chosen, rejected, lengths, the ELBO noise)
+            tensors = vrpo_step_tensors(args, data.batch(step), step)
+        else:
+            input_ids, prompt_lengths = data.batch(step)
+            tensors = (
+                input_ids,
+                prompt_lengths,
+                *step_noise(args.seed, args.stage, args.eps, input_ids, mask_id, step),
+            )
+        step_tokens = tensors[0].numel() + (tensors[1].numel() if vrpo else 0)
         micro_batches = list(zip(*(micro_slices(t, rows, args.grad_accum) for t in tensors)))
         step_loss = torch.zeros((), device=accelerator.device)
         for i, micro in enumerate(micro_batches):
@@ -243,11 +270,11 @@ def train(args: TrainArgs, data=None) -> str:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-        tokens_seen += input_ids.numel()
-        tokens_record += input_ids.numel()
+        tokens_seen += step_tokens
+        tokens_record += step_tokens
         mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
         window_losses.append(mean_loss)
-        recent = [*recent[-9:], (time.perf_counter(), input_ids.numel())]
+        recent = [*recent[-9:], (time.perf_counter(), step_tokens)]
         rate = sum(n for _, n in recent[1:]) / (recent[-1][0] - recent[0][0]) if len(recent) > 1 else 0.0
         # The bar shows this step's loss; the learning-curve record's "loss" is the mean since the previous record.
         progress.set_postfix(step_loss=f"{mean_loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{learning_rate(args, step):.1e}")
@@ -258,7 +285,10 @@ def train(args: TrainArgs, data=None) -> str:
                       "loss": sum(window_losses) / len(window_losses), "loss_steps": len(window_losses),
                       "tokens_per_s": round(tokens_record / (time.perf_counter() - t_record), 1)}  # fmt: skip
             window_losses = []
-            if eval_batches:
+            if vrpo and eval_batches:
+                progress.set_description(f"{args.stage} (held-out pairs)")
+                record.update(preference_metrics(model, held_out, stored_reference, args.beta, mask_id, accelerator))
+            elif eval_batches:
                 progress.set_description(f"{args.stage} (validation)")
                 record["val_loss"] = validation_loss(model, eval_batches, args, mask_id, accelerator,
                                                      accelerator.is_main_process)  # fmt: skip

@@ -23,9 +23,14 @@ def forward_process(input_ids: torch.Tensor, mask_id: int, eps: float = 1e-3, ge
     """
     b, length = input_ids.shape
     t = torch.rand(b, generator=generator, device=input_ids.device)
-    p_mask = ((1 - eps) * t + eps)[:, None].expand(b, length)
+    p_mask = masking_probability(t, eps)[:, None].expand(b, length)
     masked = torch.rand((b, length), generator=generator, device=input_ids.device) < p_mask
     return torch.where(masked, mask_id, input_ids), masked, p_mask
+
+
+def masking_probability(t: torch.Tensor, eps: float) -> torch.Tensor:
+    """p = (1 - eps) t + eps: the masking probability at diffusion time t (any shape, fp32), never below eps."""
+    return (1 - eps) * t + eps
 
 
 def step_noise(seed: int, stage: str, eps: float, input_ids: torch.Tensor, mask_id: int, step: int):
@@ -35,9 +40,12 @@ def step_noise(seed: int, stage: str, eps: float, input_ids: torch.Tensor, mask_
     return forward_process(input_ids, mask_id, eps, generator)
 
 
-def masked_cross_entropy(model, noisy, targets, masked, p_mask) -> torch.Tensor:
-    """Per-slot CE / p at masked slots, zero elsewhere: (b, L) fp32."""
-    logits = model(noisy).logits
+def masked_cross_entropy(model, noisy, targets, masked, p_mask, attention_mask=None) -> torch.Tensor:
+    """Per-slot CE / p at masked slots, zero elsewhere: (b, L) fp32.
+
+    attention_mask: optional (b, L) int64 of 1/0 hiding right padding (rows of different lengths in one forward).
+    """
+    logits = model(noisy).logits if attention_mask is None else model(noisy, attention_mask=attention_mask).logits
     ce = F.cross_entropy(logits[masked].float(), targets[masked], reduction="none")
     out = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
     out[masked] = ce / p_mask[masked]
