@@ -7,6 +7,8 @@ from typing import Optional, Union
 
 import torch
 
+from .long_context import DEFAULT_ROPE_SCALING, ROPE_SCALINGS, check_context_length, check_rope_scaling, extend_context
+
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_MODEL = str(CHECKPOINTS / "genjo-tiny-instruct")  # the embedded chat model
 DEFAULT_BASE_MODEL = str(CHECKPOINTS / "genjo-tiny-base")
@@ -97,6 +99,8 @@ def load_model(
     device_map: Union[str, dict, None] = None,
     max_memory: Optional[dict] = None,
     offload_folder: Optional[str] = None,
+    context_length: Optional[int] = None,
+    rope_scaling: Union[str, float] = DEFAULT_ROPE_SCALING,
 ):
     """Load a Genjo checkpoint (Genjo or original-release layout) in eval mode.
 
@@ -107,12 +111,21 @@ def load_model(
         ``max_memory``, e.g. {0: "14GiB", "cpu": "30GiB"}), and run where their weights are. The
         input ids then go on ``model.device``; accelerate returns the logits on the input's device, while
         each layer's key/value cache stays on its block's device.
+    context_length: run at up to this many tokens (prompt + answer): the RoPE base is scaled by
+        ``rope_scaling`` ("diffusion-aware" by default, "ntk", "none", or a factor such as 14) and
+        max_sequence_length raised to it; see genjo.long_context.extend_context. None (default) or a length
+        the checkpoint already covers leaves the model as it is.
     Returns (model, tokenizer), or the model alone when with_tokenizer is False.
     """
     from .modeling_genjo import GenjoModelLM
 
+    if context_length is not None:  # bad values fail before the weights are read
+        check_context_length(context_length)
+        check_rope_scaling(rope_scaling)
     path = check_checkpoint(name_or_path or DEFAULT_MODEL)
     config = load_config(path)
+    if context_length is not None:
+        extend_context(config, context_length, rope_scaling)
     if device_map is None:
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
@@ -129,7 +142,7 @@ def load_model(
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
-    """Add --model, --device, --device-map and --dtype, shared by every script."""
+    """Add --model, --device, --device-map, --dtype, --context-length and --rope-scaling, shared by every script."""
     parser.add_argument("--model", default=default, help="local checkpoint folder or hub id (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda if available)")
     parser.add_argument(
@@ -145,6 +158,19 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: str = DEFAULT_
         choices=["bfloat16", "float16", "float32"],
         help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)",
     )
+    parser.add_argument(
+        "--context-length",
+        type=int,
+        default=None,
+        help="run at up to this many tokens (prompt + answer) by scaling the RoPE base, see --rope-scaling "
+        "(default: the checkpoint's max_sequence_length, unchanged)",
+    )
+    parser.add_argument(
+        "--rope-scaling",
+        default=DEFAULT_ROPE_SCALING,
+        help=f"with --context-length: the law that scales the RoPE base ({', '.join(ROPE_SCALINGS)}) or a factor "
+        "such as 14 (default: %(default)s)",
+    )
     return parser
 
 
@@ -154,4 +180,7 @@ def load_from_args(args: argparse.Namespace, with_tokenizer: bool = True):
     device_map = getattr(args, "device_map", None)
     if device_map is not None and args.device is not None:
         raise ValueError("Pass --device or --device-map, not both.")
-    return load_model(args.model, device=args.device, dtype=dtype, with_tokenizer=with_tokenizer, device_map=device_map)
+    context_length = getattr(args, "context_length", None)
+    rope_scaling = getattr(args, "rope_scaling", DEFAULT_ROPE_SCALING)
+    return load_model(args.model, device=args.device, dtype=dtype, with_tokenizer=with_tokenizer, device_map=device_map,
+                      context_length=context_length, rope_scaling=rope_scaling)  # fmt: skip
