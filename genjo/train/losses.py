@@ -39,7 +39,8 @@ def step_noise(seed: int, stage: str, eps: float, input_ids: torch.Tensor, mask_
 
 def masked_cross_entropy(model, noisy, targets, masked, p_mask, attention_bias=None) -> torch.Tensor:
     """Per-slot CE / p at masked slots, zero elsewhere: (b, L) fp32."""
-    logits = model(noisy, attention_bias=attention_bias).logits
+    # Only a document-masked row passes a bias, so any callable model(ids) still serves the other rows.
+    logits = (model(noisy) if attention_bias is None else model(noisy, attention_bias=attention_bias)).logits
     ce = F.cross_entropy(logits[masked].float(), targets[masked], reduction="none")
     out = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
     out[masked] = ce / p_mask[masked]
@@ -72,7 +73,8 @@ def ar_loss(model, input_ids, prompt_lengths=None, attention_bias=None) -> torch
     input_ids: (b, L) int64. Column j's logits predict token j + 1. With prompt_lengths (b,) (SFT),
     only answer tokens (columns >= the prompt length, EOS padding included) are predicted.
     """
-    logits = model(input_ids, attention_bias=attention_bias).logits[:, :-1].float()  # (b, L - 1, V)
+    out = model(input_ids) if attention_bias is None else model(input_ids, attention_bias=attention_bias)
+    logits = out.logits[:, :-1].float()  # (b, L - 1, V)
     targets = input_ids[:, 1:]
     if prompt_lengths is not None:
         columns = torch.arange(1, input_ids.shape[1], device=input_ids.device)
