@@ -21,7 +21,9 @@ pass --peak-tflops otherwise). Times are medians over --repeats, synchronised on
 --dry-run builds the model on the meta device (no memory, no weights), runs every forward kind for
 its output shapes, and prints the FLOPs and a memory model (bytes computed from the config, not
 measured): weights, KV cache and logits per canvas row at gen_length 256/512/1024, with and without
-CFG, for a full-canvas LM head and for the read block alone (what the sampler computes).
+CFG, for a full-canvas LM head and for the read block alone (what the sampler computes); then the long-context
+table: at 8K, 32K and 128K tokens (--context-lengths), the diffusion-aware RoPE factor, the weights, the
+activations of one forward, the KV cache of the prefix and dual caches, the logits, and the FLOPs.
 """
 
 import argparse
@@ -32,6 +34,7 @@ import torch
 
 from genjo import GenjoConfig, GenjoModelLM
 from genjo.loading import DEFAULT_MODEL, default_device, default_dtype, load_config
+from genjo.long_context import rope_scaling_factor
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0}  # dense, no sparsity
 
@@ -161,6 +164,48 @@ def dry_run(config: GenjoConfig, dtype: torch.dtype, args) -> None:
             f"| {gen} | {T} | {T * kv_per_token / gib:.2f} GiB | {full / gib:.2f} GiB | {2 * full / gib:.2f} GiB | "
             f"{block / 2**20:.0f} MiB | {(2 * block + args.block_length * V * 4) / 2**20:.0f} MiB |"
         )
+    long_context_table(config, item, parameters, args)
+
+
+def forward_activation_bytes(config: GenjoConfig, tokens: int, item: int) -> int:
+    """Peak bytes of one inference forward's activations for one sequence (a model, not a measurement).
+
+    Blocks run one after the other, so the peak is one block's: the residual stream in and out (2 T D), the
+    normed input (T D) and then either the attention stage (q, k, v: T (D + 2 kv_dim); the fp32 RoPE copies of
+    q and k and rotate_half's temporaries: 3 T (D + kv_dim) fp32; cos and sin gathered per position: 2 T Dh
+    fp32; the attention output T D; fused kernels keep no T x T scores) or the MLP stage (gate, up and their
+    product: 3 T hidden), whichever is larger. Logits and the KV cache are counted apart.
+    """
+    d, hidden, head_dim = config.d_model, config.mlp_hidden_size, config.d_model // config.n_heads
+    kv_dim = config.n_kv_heads * head_dim
+    residual = 3 * tokens * d * item
+    attention = tokens * (2 * d + 2 * kv_dim) * item + 4 * (3 * tokens * (d + kv_dim) + 2 * tokens * head_dim)
+    mlp = 3 * tokens * hidden * item
+    return residual + max(attention, mlp)
+
+
+def long_context_table(config: GenjoConfig, item: int, parameters: int, args) -> None:
+    """Memory and FLOPs of the sampler's pieces at long contexts (one canvas row, bytes from the config)."""
+    gib, head_dim = 2.0**30, config.d_model // config.n_heads
+    kv_per_token = 2 * config.n_layers * config.n_kv_heads * head_dim * item
+    train = config.max_sequence_length
+    print(f"\nlong context (one canvas row of T tokens, gen_length {args.gen_length}, block {args.block_length}; "
+          f"bytes from the config, not measured; trained length {train}, base {config.rope_theta:g})\n")  # fmt: skip
+    print("| T | RoPE factor (diffusion-aware / NTK) | weights GiB | activations of one forward GiB | "
+          "KV cache prefix (T - gen) GiB | KV cache dual (T) GiB | logits full canvas GiB | logits block MiB | "
+          "TFLOP full forward | attention share of FLOPs |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for tokens in (int(n) for n in args.context_lengths.split(",")):
+        aware = rope_scaling_factor(train, tokens, config.rope_theta, head_dim, diffusion_aware=True)
+        plain = rope_scaling_factor(train, tokens, config.rope_theta, head_dim)
+        flops = forward_flops(config, tokens, tokens, head_tokens=tokens)
+        attention = config.n_layers * 2 * 2 * config.d_model * tokens * tokens
+        print(f"| {tokens} | {aware:g} / {plain:g} | {parameters * item / gib:.2f} | "
+              f"{forward_activation_bytes(config, tokens, item) / gib:.2f} | "
+              f"{(tokens - args.gen_length) * kv_per_token / gib:.2f} | {tokens * kv_per_token / gib:.2f} | "
+              f"{tokens * config.embedding_size * item / gib:.2f} | "
+              f"{args.block_length * config.embedding_size * item / 2**20:.0f} | {flops / 1e12:.1f} | "
+              f"{100 * attention / flops:.0f}% |")  # fmt: skip
 
 
 def measure(model, length: int, gen_length: int, block_length: int, batch_size: int, repeats: int) -> list[dict]:
@@ -194,6 +239,9 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="dense peak TFLOP/s for MFU (default: the bf16 peak of known GPUs, "
                              "else no MFU)")  # fmt: skip
+    parser.add_argument("--context-lengths", default="8192,32768,131072",
+                        help="--dry-run: comma-separated canvas lengths of the long-context table "
+                             "(default: %(default)s)")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true",
                         help="meta device: shapes, FLOPs and memory model, no timing (default: off)")  # fmt: skip
     args = parser.parse_args()

@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from .configuration_genjo import GenjoConfig
 from .likelihood import get_log_likelihood, get_log_likelihoods
 from .loading import DEFAULT_BASE_MODEL, DEFAULT_MODEL, add_model_arguments, load_model, load_tokenizer
+from .long_context import extend_context, rope_scaling_factor
 from .modeling_genjo import GenjoModel, GenjoModelLM
 from .sampling import GenerationStats, StepInfo, generate
 from .settings import SAMPLER_SETTINGS, add_sampler_arguments, resolve_sampler_settings
@@ -35,7 +36,9 @@ __all__ = [
     "get_log_likelihood",
     "get_log_likelihoods",
     "add_model_arguments",
+    "extend_context",
     "load_model",
     "load_tokenizer",
     "resolve_sampler_settings",
+    "rope_scaling_factor",
 ]

@@ -184,12 +184,16 @@ class GenjoEvalHarness(LM):
         # Not wrapped by accelerator.prepare(): inference needs no DDP, and DDP's per-forward buffer
         # broadcasts would deadlock ranks that run different numbers of forwards.
         if args.device_map is None:
-            self.model, self.tokenizer = load_model(self.model_path, device=self._device, dtype=args.dtype)
+            self.model, self.tokenizer = load_model(self.model_path, device=self._device, dtype=args.dtype,
+                                                    context_length=args.context_length,
+                                                    rope_scaling=args.rope_scaling)  # fmt: skip
         elif self.accelerator is not None:
             raise ValueError("device_map splits one model over the GPUs of one process; under accelerate launch "
                              "with several processes each process holds a whole model: drop device_map.")  # fmt: skip
         else:
-            self.model, self.tokenizer = load_model(self.model_path, dtype=args.dtype, device_map=args.device_map)
+            self.model, self.tokenizer = load_model(self.model_path, dtype=args.dtype, device_map=args.device_map,
+                                                    context_length=args.context_length,
+                                                    rope_scaling=args.rope_scaling)  # fmt: skip
             self._device = self.model.device  # the input ids go where the embedding is
         self.mask_id = config_int(self.model, "mask_token_id") if args.mask_id is None else args.mask_id
         self.max_length = args.max_length or config_int(self.model, "max_sequence_length", 4096)

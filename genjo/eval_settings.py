@@ -26,6 +26,7 @@ import torch
 
 from .checks import check_int
 from .loading import DEFAULT_BASE_MODEL
+from .long_context import DEFAULT_ROPE_SCALING, check_rope_scaling
 from .sampling import check_sampler_settings
 from .settings import FALLBACKS, SAMPLER_SETTINGS, checkpoint_sampler_defaults, resolve_sampler_settings
 
@@ -75,6 +76,12 @@ class HarnessArguments:
     device_map: Optional[str] = harness_argument(
         None, str, "`auto` (or `balanced`, `sequential`) splits or offloads the model with accelerate's "
         "big-model loading, in a single process only (replaces `device`)")  # fmt: skip
+    context_length: Optional[int] = harness_argument(
+        None, int, "run at up to this many tokens: the RoPE base scaled by `rope_scaling`, `max_sequence_length` "
+        "raised (docs/long-context.md)", shown="config `max_sequence_length`", minimum=1)  # fmt: skip
+    rope_scaling: str = harness_argument(
+        DEFAULT_ROPE_SCALING, str, "with `context_length`: the law that scales the RoPE base (diffusion-aware, "
+        "ntk, none) or a factor such as 14")  # fmt: skip
     seed: int = harness_argument(SEED, int, "base of the per-request seeds")
     sampler: dict = field(default_factory=dict)
 
@@ -196,6 +203,8 @@ def parse_model_args(model_args: Mapping[str, Any]) -> HarnessArguments:
             own[key] = value
     if "dtype" in own:
         own["dtype"] = None if own["dtype"] == "auto" else getattr(torch, own["dtype"])
+    if "rope_scaling" in own:
+        check_rope_scaling(own["rope_scaling"])  # before the model loads
     return HarnessArguments(**own, sampler=sampler)
 
 

@@ -8,6 +8,7 @@ from typing import Optional, Union
 import torch
 
 from .checks import check_int
+from .long_context import DEFAULT_ROPE_SCALING, ROPE_SCALINGS, check_context_length, check_rope_scaling, extend_context
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 DEFAULT_MODEL = str(CHECKPOINTS / "genjo-tiny-instruct")  # the embedded chat model
@@ -136,6 +137,8 @@ def load_model(
     max_memory: Optional[dict] = None,
     offload_folder: Optional[str] = None,
     threads: Optional[int] = None,
+    context_length: Optional[int] = None,
+    rope_scaling: Union[str, float] = DEFAULT_ROPE_SCALING,
 ):
     """Load a Genjo checkpoint (Genjo or original-release layout) in eval mode.
 
@@ -150,12 +153,21 @@ def load_model(
         model is on the CPU and has under a billion parameters (the embedded models), unless OMP_NUM_THREADS or
         MKL_NUM_THREADS is set; else torch's setting is kept. N >= 1 sets N; 0 keeps torch's setting (one thread
         per core by default). See ``cpu_threads``.
+    context_length: run at up to this many tokens (prompt + answer): the RoPE base is scaled by
+        ``rope_scaling`` ("diffusion-aware" by default, "ntk", "none", or a factor such as 14) and
+        max_sequence_length raised to it; see genjo.long_context.extend_context. None (default) or a length
+        the checkpoint already covers leaves the model as it is.
     Returns (model, tokenizer), or the model alone when with_tokenizer is False.
     """
     from .modeling_genjo import GenjoModelLM
 
+    if context_length is not None:  # bad values fail before the weights are read
+        check_context_length(context_length)
+        check_rope_scaling(rope_scaling)
     path = check_checkpoint(name_or_path or DEFAULT_MODEL)
     config = load_config(path)
+    if context_length is not None:
+        extend_context(config, context_length, rope_scaling)
     if device_map is None:
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
@@ -173,7 +185,8 @@ def load_model(
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
-    """Add --model, --device, --device-map, --dtype and --threads, shared by every script."""
+    """Add --model, --device, --device-map, --dtype, --threads, --context-length and --rope-scaling, shared by every
+    script."""
     parser.add_argument("--model", default=default, help="local checkpoint folder or hub id (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda if available)")
     parser.add_argument(
@@ -197,6 +210,19 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: str = DEFAULT_
         "parameters on the CPU, where more threads only add overhead, unless OMP_NUM_THREADS or MKL_NUM_THREADS "
         "is set; else torch's default)",
     )
+    parser.add_argument(
+        "--context-length",
+        type=int,
+        default=None,
+        help="run at up to this many tokens (prompt + answer) by scaling the RoPE base, see --rope-scaling "
+        "(default: the checkpoint's max_sequence_length, unchanged)",
+    )
+    parser.add_argument(
+        "--rope-scaling",
+        default=DEFAULT_ROPE_SCALING,
+        help=f"with --context-length: the law that scales the RoPE base ({', '.join(ROPE_SCALINGS)}) or a factor "
+        "such as 14 (default: %(default)s)",
+    )
     return parser
 
 
@@ -206,5 +232,8 @@ def load_from_args(args: argparse.Namespace, with_tokenizer: bool = True):
     device_map = getattr(args, "device_map", None)
     if device_map is not None and args.device is not None:
         raise ValueError("Pass --device or --device-map, not both.")
+    context_length = getattr(args, "context_length", None)
+    rope_scaling = getattr(args, "rope_scaling", DEFAULT_ROPE_SCALING)
     return load_model(args.model, device=args.device, dtype=dtype, with_tokenizer=with_tokenizer, device_map=device_map,
-                      threads=getattr(args, "threads", None))  # fmt: skip
+                      threads=getattr(args, "threads", None), context_length=context_length,
+                      rope_scaling=rope_scaling)  # fmt: skip

@@ -94,7 +94,7 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, config: GenjoConfig):
         super().__init__()
         self.head_dim = config.d_model // config.n_heads
-        self.theta = config.rope_theta
+        self.theta = config.rope_base  # rope_theta, scaled by a context extension (config.rope_extension)
         self.table_length = config.max_sequence_length
         self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 

@@ -30,6 +30,7 @@ SCRIPTS = [
     ("python -m genjo.convert", "genjo.convert"),
     ("python -m genjo.reversal", "genjo.reversal"),
     ("python eval_reverse.py", "eval_reverse"),
+    ("python eval_niah.py", "eval_niah"),
     ("python -m visualization.record", "visualization.record"),
     ("python -m visualization.render", "visualization.render"),
     *[(f"python benchmarks/{p.name}", f"benchmarks/{p.name}") for p in sorted((ROOT / "benchmarks").glob("*.py"))],

@@ -179,12 +179,16 @@ def test_bench_forward_dry_run_of_the_8b_on_meta(capsys):
     bench_forward = load_benchmark("bench_forward")
     from genjo import GenjoConfig
 
-    args = __import__("argparse").Namespace(length=320, gen_length=64, block_length=32, batch_size=1)
+    args = __import__("argparse").Namespace(length=320, gen_length=64, block_length=32, batch_size=1,
+                                            context_lengths="8192,32768,131072")  # fmt: skip
     bench_forward.dry_run(GenjoConfig(), torch.bfloat16, args)
     printed = capsys.readouterr().out
     assert "8,015,581,184 parameters" in printed and "weights 14.93 GiB" in printed
     assert "| full forward | (1, 320) | (1, 320, 126464) |" in printed
     assert "| 1024 | 1280 | 0.62 GiB |" in printed  # KV cache per row: 0.5 MiB per token in bf16
+    # long context: LongLLaDA's factor at 8K, UltraLLaDA's at 128K; KV cache 0.5 MiB per token; logits 247 KiB per token
+    assert "| 8192 | 4 / 4 | 14.93 |" in printed and "| 32768 | 45 / 55 | 14.93 |" in printed
+    assert "| 131072 | 562 / 871 | 14.93 | 19.12 | 63.97 | 64.00 | 30.88 | 8 |" in printed
 
 
 def test_published_folder_samples_with_the_release_scripts_settings(tmp_path):

@@ -55,6 +55,9 @@ class TrainArgs:
     stop_at: Optional[int] = None  # end the run at this step (the schedule still spans `steps`)
     batch_size: int = 64  # rows per step, all processes together
     seq_len: int = 64  # pre-training row length (packed sentences)
+    # How pre-training documents share a row: "eod" (joined by EOS), "document" (joined by EOS, and a token attends
+    # only within its document: document-level attention masks), "concat" (joined with nothing).
+    packing: str = "eod"
     sft_max_len: int = 160  # longest SFT row (prompt + answer + EOS padding)
     sft_long_pad_prob: float = 0.25  # share of SFT batches padded to a random length up to sft_max_len
     sft_plain_text: float = 0.0  # share of SFT rows that are pre-training text (prompt length 0)
@@ -118,7 +121,9 @@ HELP = {
     "steps": "length of the learning-rate schedule, in optimizer steps",
     "stop_at": "end the run at this step; the schedule still spans --steps",
     "batch_size": "rows per optimizer step, all processes and micro-batches together",
-    "seq_len": "pre-training row length in tokens (documents are packed, EOS between them)",
+    "seq_len": "pre-training row length in tokens (documents are packed into rows, see --packing)",
+    "packing": "pre-training rows: 'eod' joins documents with EOS; 'document' also masks attention across documents "
+    "(a token sees only its own document); 'concat' joins them with nothing",
     "sft_max_len": "longest SFT row in tokens; longer prompt/answer pairs are skipped",
     "sft_long_pad_prob": "share of SFT batches EOS-padded to a random length up to --sft-max-len",
     "sft_plain_text": "tiny world only: share of SFT rows that are pre-training text",
@@ -154,7 +159,9 @@ HELP = {
     "allocation": "vrpo: the budget as 'optimal' (budget times x 1 mask), 'naive' (1 time x budget masks) or 'KxM'",
     "antithetic": "vrpo: the reference's ELBO estimates share the policy's times and masks (--no-antithetic: own)",
 }
-CHOICES = {"mixed_precision": ["auto", "bf16", "no"], "sft_turns": ["sample", "all"], "objective": list(OBJECTIVES)}
+PACKINGS = ("eod", "document", "concat")
+CHOICES = {"mixed_precision": ["auto", "bf16", "no"], "sft_turns": ["sample", "all"], "objective": list(OBJECTIVES),
+           "packing": list(PACKINGS)}  # fmt: skip
 
 
 def build_parser(stage: str = "pretrain") -> argparse.ArgumentParser:
@@ -211,6 +218,8 @@ def check_args(args: TrainArgs, world_size: int = 1) -> None:
     if args.batch_size % (world_size * args.grad_accum):
         raise ValueError(f"batch_size ({args.batch_size}) must be divisible by the number of processes "
                          f"({world_size}) x grad_accum ({args.grad_accum}).")  # fmt: skip
+    if args.packing not in PACKINGS:
+        raise ValueError(f"packing must be 'eod', 'document' or 'concat', not {args.packing!r}.")
     if args.mixed_precision not in CHOICES["mixed_precision"]:
         raise ValueError(f"mixed_precision must be 'auto', 'bf16' or 'no', not {args.mixed_precision!r}.")
     if args.data and args.sft_plain_text:

@@ -22,24 +22,41 @@ def step_rng(args: TrainArgs, step: int) -> random.Random:
     return random.Random(f"{args.stage}:{args.seed}:{step}")
 
 
-def packed_rows(rng: random.Random, tokenizer, n: int, length: int) -> list[list[int]]:
-    """n rows of `length` tokens cut from plain-text sentences joined by EOS."""
-    eos = tokenizer.eos_token_id
+def document_separator(tokenizer, packing: str = "eod") -> list[int]:
+    """The ids between two packed documents: [EOS], or nothing under packing "concat"."""
+    return [] if packing == "concat" else [tokenizer.eos_token_id]
+
+
+def document_attention_mask(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """Document-level attention of packed rows: (b, 1, L, L) bool, True where query and key share a document.
+
+    input_ids: (b, L) int64, documents joined by EOS (each document ends with its EOS; a row may start or end
+    inside one). Passed to the model as ``attention_bias``, it hides every other document of the row.
+    """
+    ends = input_ids == eos_id
+    document = torch.zeros_like(input_ids)
+    document[:, 1:] = ends[:, :-1].long().cumsum(1)  # the token after an EOS starts the next document
+    return (document[:, :, None] == document[:, None, :])[:, None]
+
+
+def packed_rows(rng: random.Random, tokenizer, n: int, length: int, packing: str = "eod") -> list[list[int]]:
+    """n rows of `length` tokens cut from plain-text sentences joined by EOS (by nothing under "concat")."""
+    separator = document_separator(tokenizer, packing)
     rows = []
     for _ in range(n):
         sentences = tinyworld.pretraining_documents(rng.getrandbits(63))
         row: list[int] = []
         while len(row) < length:
-            row += tokenizer(next(sentences), add_special_tokens=False)["input_ids"] + [eos]
+            row += tokenizer(next(sentences), add_special_tokens=False)["input_ids"] + separator
         start = rng.randrange(0, len(row) - length + 1)  # not always at a sentence start
         rows.append(row[start : start + length])
     return rows
 
 
 def pretrain_batch(args: TrainArgs, tokenizer, step: int) -> torch.Tensor:
-    """The global pre-training batch of a step: (batch_size, L) packed sentences separated by EOS."""
+    """The global pre-training batch of a step: (batch_size, L) packed sentences (args.packing)."""
     rng = step_rng(args, step)
-    batch = torch.tensor(packed_rows(rng, tokenizer, args.batch_size, args.seq_len), dtype=torch.long)
+    batch = torch.tensor(packed_rows(rng, tokenizer, args.batch_size, args.seq_len, args.packing), dtype=torch.long)
     if rng.random() < args.crop_prob:
         batch = batch[:, : rng.randint(1, args.seq_len)]
     return batch
@@ -109,7 +126,7 @@ class TinyWorldData:
 class FileData:
     """Global batches read from JSON-lines files (genjo/train/files.py), in order; the read position is saved.
 
-    pretrain: (batch_size, seq_len) rows packed from documents joined by EOS, cropped to a random length
+    pretrain: (batch_size, seq_len) rows packed from documents joined by EOS (args.packing), cropped to a random length
     with probability crop_prob. sft: prompt + answer + EOS padding rows and their prompt lengths.
     """
 
@@ -127,8 +144,9 @@ class FileData:
         else:
             eval_stream = None
         if args.stage == "pretrain":
-            self.reader = files.PackedRows(train_stream, tokenizer, args.seq_len)
-            self.eval_reader = eval_stream and files.PackedRows(eval_stream, tokenizer, args.seq_len)
+            separator = document_separator(tokenizer, args.packing)
+            self.reader = files.PackedRows(train_stream, tokenizer, args.seq_len, separator)
+            self.eval_reader = eval_stream and files.PackedRows(eval_stream, tokenizer, args.seq_len, separator)
         else:
             self.reader = files.ChatPairs(train_stream, tokenizer, args.sft_max_len, args.sft_turns, args.seed)
             self.eval_reader = eval_stream and files.ChatPairs(eval_stream, tokenizer, args.sft_max_len, "all")
@@ -246,6 +264,13 @@ class PreferenceData:
 
     def load_state_dict(self, state: dict) -> None:
         self.reader.load_state_dict(state)
+
+
+def row_attention(args: TrainArgs, input_ids: torch.Tensor, eos_id: int):
+    """The attention_bias of a batch's rows: document masks for pre-training under packing "document", else None."""
+    if args.stage == "pretrain" and args.packing == "document":
+        return document_attention_mask(input_ids, eos_id)
+    return None
 
 
 def training_data(args: TrainArgs, tokenizer):

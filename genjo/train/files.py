@@ -148,10 +148,12 @@ def _as_tuples(value):
 
 
 class PackedRows:
-    """Rows of `length` tokens cut from documents joined by EOS (a row may start mid-document)."""
+    """Rows of `length` tokens cut from documents joined by `separator` (default: EOS; a row may start
+    mid-document)."""
 
-    def __init__(self, records: JsonlStream, tokenizer, length: int):
+    def __init__(self, records: JsonlStream, tokenizer, length: int, separator: Optional[list[int]] = None):
         self.records, self.tokenizer, self.length = records, tokenizer, length
+        self.separator = [tokenizer.eos_token_id] if separator is None else list(separator)
         self.carry: list[int] = []  # tokens read but not yet in a row
 
     def state_dict(self) -> dict:
@@ -164,14 +166,14 @@ class PackedRows:
     def rows(self, n: int) -> list[list[int]]:
         """The next n rows (fewer if a non-looping stream ends)."""
         out = []
-        eos = self.tokenizer.eos_token_id
         while len(out) < n:
             while len(self.carry) < self.length:
                 try:
                     record, _ = next(self.records)
                 except StopIteration:
                     return out
-                self.carry += encode_plain(self.tokenizer, record["text"]) + [eos]  # a spelled <|mdm_mask|> stays text
+                # a spelled <|mdm_mask|> stays text
+                self.carry += encode_plain(self.tokenizer, record["text"]) + self.separator
             out.append(self.carry[: self.length])
             self.carry = self.carry[self.length :]
         return out

@@ -18,6 +18,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -26,7 +27,7 @@ from .. import tinyworld
 from ..evaluation import family_accuracy
 from ..tokenizer import build_tokenizer
 from .args import TrainArgs, check_args
-from .data import training_data
+from .data import row_attention, training_data
 from .losses import OBJECTIVES, forward_process, masked_cross_entropy, step_noise
 from .model import (
     enable_gradient_checkpointing,
@@ -90,7 +91,9 @@ def evaluate(
 
 
 @torch.no_grad()
-def validation_loss(model, batches, args: TrainArgs, mask_id: int, accelerator, progress: bool = False) -> float:
+def validation_loss(
+    model, batches, args: TrainArgs, mask_id: int, accelerator, progress: bool = False, eos_id: Optional[int] = None
+) -> float:
     """The negative ELBO in nats per token on the validation set (fixed noise): an upper bound of the NLL.
 
     pretrain: sum(CE / p) over masked slots / tokens. sft: the same over answer slots (prompt restored,
@@ -114,7 +117,8 @@ def validation_loss(model, batches, args: TrainArgs, mask_id: int, accelerator, 
         tensors = [t[rows] for t in (input_ids, noisy, masked, p_mask, prompt_lengths, weights)]
         for part in zip(*(t.chunk(args.grad_accum) for t in tensors)):
             ids, noisy_, masked_, p_, prompt_len, w = (t.to(accelerator.device) for t in part)
-            per_slot = masked_cross_entropy(model, noisy_, ids, masked_, p_)  # (b, L)
+            attention_bias = row_attention(args, ids, eos_id) if eos_id is not None else None
+            per_slot = masked_cross_entropy(model, noisy_, ids, masked_, p_, attention_bias)  # (b, L)
             totals[0] += (per_slot.sum(1).double() * w).sum().item()
             totals[1] += ((ids.shape[1] - prompt_len).double() * w).sum().item()
     model.train(was_training)
@@ -199,6 +203,7 @@ def train(args: TrainArgs, data=None) -> str:
                          "embeddings; pass the tokenizer the model was trained with (--tokenizer).")  # fmt: skip
     start_step = state["step"] if state else 0
     mask_id = model.config.mask_token_id
+    eos_id = tokenizer.eos_token_id  # ends each packed document (document-level attention masks)
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if data is None:
@@ -246,22 +251,20 @@ def train(args: TrainArgs, data=None) -> str:
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args, step)
-        if vrpo:  # (chosen, rejected, lengths, the ELBO noise)
-            tensors = vrpo_step_tensors(args, data.batch(step), step)
+        if vrpo:  # (chosen, rejected, lengths, the ELBO noise); preference pairs are never packed
+            tensors = (*vrpo_step_tensors(args, data.batch(step), step), None)
         else:
             input_ids, prompt_lengths = data.batch(step)
-            tensors = (
-                input_ids,
-                prompt_lengths,
-                *step_noise(args.seed, args.stage, args.eps, input_ids, mask_id, step),
-            )
+            noise = step_noise(args.seed, args.stage, args.eps, input_ids, mask_id, step)
+            tensors = (input_ids, prompt_lengths, *noise, row_attention(args, input_ids, eos_id))
         step_tokens = tensors[0].numel() + (tensors[1].numel() if vrpo else 0)
         micro_batches = list(zip(*(micro_slices(t, rows, args.grad_accum) for t in tensors)))
         step_loss = torch.zeros((), device=accelerator.device)
         for i, micro in enumerate(micro_batches):
             # Gradients are averaged across processes once per step, after the last micro-batch.
             with accelerator.no_sync(model) if i < len(micro_batches) - 1 else nullcontext():
-                loss = loss_fn(model, *(None if t is None else t.to(accelerator.device) for t in micro))
+                *batch, attention_bias = (None if t is None else t.to(accelerator.device) for t in micro)
+                loss = loss_fn(model, *batch, attention_bias=attention_bias)
                 if args.grad_accum > 1:
                     loss = loss / args.grad_accum
                 accelerator.backward(loss)
@@ -291,7 +294,7 @@ def train(args: TrainArgs, data=None) -> str:
             elif eval_batches:
                 progress.set_description(f"{args.stage} (validation)")
                 record["val_loss"] = validation_loss(model, eval_batches, args, mask_id, accelerator,
-                                                     accelerator.is_main_process)  # fmt: skip
+                                                     accelerator.is_main_process, eos_id)  # fmt: skip
             if args.stage == "sft" and not args.data:
                 progress.set_description(f"{args.stage} (held-out accuracy)")
                 record["accuracy"] = gathered_accuracy(unwrapped, tokenizer, args, accelerator)

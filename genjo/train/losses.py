@@ -3,8 +3,10 @@
 Every loss has one signature, ``loss(model, input_ids, prompt_lengths, noisy, masked, p_mask) -> scalar``:
 input_ids (b, L) int64; prompt_lengths (b,) int64 for SFT rows (the prompt is never masked and has no
 loss) or None for pre-training rows; noisy (b, L) int64, masked (b, L) bool and p_mask (b, L) fp32 are the
-step's masking noise (``step_noise``), which an objective may ignore. A new objective is a new entry of
-OBJECTIVES (a loss, and whether its model attends causally), not an edit of the training loop.
+step's masking noise (``step_noise``), which an objective may ignore; the keyword ``attention_bias``, (b, 1, L, L)
+bool or None, hides keys from queries (document-level masks of packed rows, genjo/train/data.py). A new
+objective is a new entry of OBJECTIVES (a loss, and whether its model attends causally), not an edit of the
+training loop.
 """
 
 from collections.abc import Callable
@@ -40,21 +42,25 @@ def step_noise(seed: int, stage: str, eps: float, input_ids: torch.Tensor, mask_
     return forward_process(input_ids, mask_id, eps, generator)
 
 
-def masked_cross_entropy(model, noisy, targets, masked, p_mask, attention_mask=None) -> torch.Tensor:
+def masked_cross_entropy(model, noisy, targets, masked, p_mask, attention_bias=None, attention_mask=None):
     """Per-slot CE / p at masked slots, zero elsewhere: (b, L) fp32.
 
-    attention_mask: optional (b, L) int64 of 1/0 hiding right padding (rows of different lengths in one forward).
+    attention_bias: optional (b, 1, L, L) bool document masks of packed rows; attention_mask: optional (b, L)
+    int64 of 1/0 hiding right padding (rows of different lengths in one forward, preference pairs).
     """
-    logits = model(noisy).logits if attention_mask is None else model(noisy, attention_mask=attention_mask).logits
+    # Only rows that need a mask pass one, so any callable model(ids) still serves the others.
+    masks = {name: mask for name, mask in (("attention_bias", attention_bias), ("attention_mask", attention_mask))
+             if mask is not None}  # fmt: skip
+    logits = model(noisy, **masks).logits
     ce = F.cross_entropy(logits[masked].float(), targets[masked], reduction="none")
     out = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
     out[masked] = ce / p_mask[masked]
     return out
 
 
-def pretrain_loss(model, input_ids, noisy, masked, p_mask) -> torch.Tensor:
+def pretrain_loss(model, input_ids, noisy, masked, p_mask, attention_bias=None) -> torch.Tensor:
     """sum(CE / p) / (b * L) over the masked slots of a (b, L) batch."""
-    return masked_cross_entropy(model, noisy, input_ids, masked, p_mask).sum() / input_ids.numel()
+    return masked_cross_entropy(model, noisy, input_ids, masked, p_mask, attention_bias).sum() / input_ids.numel()
 
 
 def sft_loss(model, input_ids, prompt_lengths, noisy, masked, p_mask) -> torch.Tensor:
@@ -72,13 +78,14 @@ def sft_loss(model, input_ids, prompt_lengths, noisy, masked, p_mask) -> torch.T
     return (per_slot.sum(dim=1) / answer_lengths).mean()
 
 
-def ar_loss(model, input_ids, prompt_lengths=None) -> torch.Tensor:
+def ar_loss(model, input_ids, prompt_lengths=None, attention_bias=None) -> torch.Tensor:
     """Next-token cross-entropy of a causal model (the autoregressive twin), mean over predicted slots.
 
     input_ids: (b, L) int64. Column j's logits predict token j + 1. With prompt_lengths (b,) (SFT),
     only answer tokens (columns >= the prompt length, EOS padding included) are predicted.
     """
-    logits = model(input_ids).logits[:, :-1].float()  # (b, L - 1, V)
+    out = model(input_ids) if attention_bias is None else model(input_ids, attention_bias=attention_bias)
+    logits = out.logits[:, :-1].float()  # (b, L - 1, V)
     targets = input_ids[:, 1:]
     if prompt_lengths is not None:
         columns = torch.arange(1, input_ids.shape[1], device=input_ids.device)
@@ -86,16 +93,18 @@ def ar_loss(model, input_ids, prompt_lengths=None) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
 
 
-def masked_diffusion_loss(model, input_ids, prompt_lengths: Optional[torch.Tensor], noisy, masked, p_mask):
-    """pretrain_loss for pre-training rows (prompt_lengths None), sft_loss for SFT rows."""
+def masked_diffusion_loss(
+    model, input_ids, prompt_lengths: Optional[torch.Tensor], noisy, masked, p_mask, attention_bias=None
+):
+    """pretrain_loss for pre-training rows (prompt_lengths None), sft_loss for SFT rows (never packed)."""
     if prompt_lengths is None:
-        return pretrain_loss(model, input_ids, noisy, masked, p_mask)
+        return pretrain_loss(model, input_ids, noisy, masked, p_mask, attention_bias)
     return sft_loss(model, input_ids, prompt_lengths, noisy, masked, p_mask)
 
 
-def next_token_loss(model, input_ids, prompt_lengths: Optional[torch.Tensor], *noise):
+def next_token_loss(model, input_ids, prompt_lengths: Optional[torch.Tensor], *noise, attention_bias=None):
     """ar_loss with the registry's signature (the masking noise is not used)."""
-    return ar_loss(model, input_ids, prompt_lengths)
+    return ar_loss(model, input_ids, prompt_lengths, attention_bias)
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,7 @@ def elbo_estimates(model, input_ids: torch.Tensor, lengths: torch.Tensor, noise:
     noisy = torch.where(masked, mask_id, rows)
     real = torch.arange(length, device=input_ids.device)[None, :] < lengths[:, None]  # (b, L)
     attention_mask = None if bool(real.all()) else real.long().repeat_interleave(n, dim=0)
-    per_slot = masked_cross_entropy(model, noisy, rows, masked, p_mask, attention_mask)  # (b n, L)
+    per_slot = masked_cross_entropy(model, noisy, rows, masked, p_mask, attention_mask=attention_mask)  # (b n, L)
     return -per_slot.sum(dim=1).view(b, n).mean(dim=1)
 
 
@@ -241,8 +241,12 @@ def vrpo_step_tensors(args, batch: tuple, step: int) -> tuple:
             noise.rejected.p_mask, *reference)  # fmt: skip
 
 
-def vrpo_step_loss(model, chosen, rejected, lengths, *noise_tensors, reference, beta: float, mask_id: int):
-    """The VRPO loss of a micro-batch of vrpo_step_tensors (the policy `model`, the frozen `reference`)."""
+def vrpo_step_loss(model, chosen, rejected, lengths, *noise_tensors, reference, beta: float, mask_id: int,
+                   attention_bias=None):  # fmt: skip
+    """The VRPO loss of a micro-batch of vrpo_step_tensors (the policy `model`, the frozen `reference`).
+
+    attention_bias: the training loop's document masks of packed rows; preference pairs are never packed (None).
+    """
     policy_chosen, policy_rejected = ElboNoise(*noise_tensors[0:2]), ElboNoise(*noise_tensors[2:4])
     if noise_tensors[4] is None:  # antithetic
         noise = PreferenceNoise(policy_chosen, policy_rejected, policy_chosen, policy_rejected)

@@ -86,7 +86,7 @@ class GenjoConfig(PretrainedConfig):
         "max_position_embeddings": "max_sequence_length",
     }
 
-    def __init__(self, use_cache: bool = False, causal: bool = False, **kwargs):
+    def __init__(self, use_cache: bool = False, causal: bool = False, rope_extension=None, **kwargs):
         # Published checkpoints name the original release here; those names must not leak into a
         # folder that Genjo saves (its auto_map would point at modules that are not there).
         if kwargs.get("model_type") in RELEASE_MODEL_TYPES:
@@ -115,6 +115,11 @@ class GenjoConfig(PretrainedConfig):
         # True only for the autoregressive twin of the reversal experiment (a causal mask, trained on the
         # next-token loss); every Genjo mask predictor is bidirectional.
         self.causal = causal
+        # A context extension by RoPE base scaling (genjo.long_context.extend_context), or None: a dict with
+        # "factor" (the model's RoPE base is rope_theta x factor; rope_theta stays the trained base),
+        # "rope_scaling" (the law that chose it: "ntk", "diffusion-aware", "none" or "factor"), "train_length"
+        # (the trained context) and "context_length" (the target, also max_sequence_length).
+        self.rope_extension = rope_extension
         kwargs.setdefault("architectures", ["GenjoModelLM"])
         kwargs.setdefault("tie_word_embeddings", fields["weight_tying"])
         super().__init__(**token_ids, **kwargs)
@@ -122,3 +127,11 @@ class GenjoConfig(PretrainedConfig):
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def rope_base(self) -> float:
+        """The RoPE base the model runs with: rope_theta, times the factor of a context extension if any."""
+        extension = getattr(self, "rope_extension", None)
+        if not extension or extension.get("factor", 1.0) == 1.0:
+            return self.rope_theta
+        return self.rope_theta * extension["factor"]
