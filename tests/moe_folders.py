@@ -53,12 +53,24 @@ BASE_CONFIG = {
 }
 VARIANTS = {
     "base": {},
-    "gqa_no_qknorm_bias_clip": {"num_key_value_heads": 2, "qk_layernorm": False, "attention_bias": True,
-                                "clip_qkv": 1.5},  # fmt: skip
-    "shared_expert_bias": {"shared_expert_intermediate_size": 48, "moe_router_enable_expert_bias": True,
-                           "norm_topk_prob": True, "routed_scaling_factor": 2.5},  # fmt: skip
-    "tied_dense_partial_rope": {"tie_word_embeddings": True, "moe_layer_freq": [0, 1], "partial_rotary_factor": 0.5,
-                                "num_experts_per_tok": 3},  # fmt: skip
+    "gqa_no_qknorm_bias_clip": {
+        "num_key_value_heads": 2,
+        "qk_layernorm": False,
+        "attention_bias": True,
+        "clip_qkv": 1.5,
+    },
+    "shared_expert_bias": {
+        "shared_expert_intermediate_size": 48,
+        "moe_router_enable_expert_bias": True,
+        "norm_topk_prob": True,
+        "routed_scaling_factor": 2.5,
+    },
+    "tied_dense_partial_rope": {
+        "tie_word_embeddings": True,
+        "moe_layer_freq": [0, 1],
+        "partial_rotary_factor": 0.5,
+        "num_experts_per_tok": 3,
+    },
 }
 RELEASE_AUTO_MAP = {
     "AutoConfig": "configuration_lladamoe.LLaDAConfig",
