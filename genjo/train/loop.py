@@ -22,7 +22,7 @@ from ..evaluation import family_accuracy
 from ..tokenizer import build_tokenizer
 from .args import TrainArgs, check_args
 from .data import training_data
-from .losses import OBJECTIVES, forward_process, masked_cross_entropy, step_noise
+from .losses import OBJECTIVES, forward_process, masked_cross_entropy, objective_and_router_loss, step_noise
 from .model import (
     enable_gradient_checkpointing,
     load_training_model,
@@ -45,8 +45,9 @@ def learning_rate(args: TrainArgs, step: int) -> float:
 
 def make_optimizer(args: TrainArgs, model: torch.nn.Module) -> torch.optim.AdamW:
     """AdamW; no weight decay on norms and embeddings."""
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n)]
+    embedding = model.get_input_embeddings().weight
+    decay = [p for p in model.parameters() if p.dim() >= 2 and p is not embedding]
+    no_decay = [p for p in model.parameters() if not (p.dim() >= 2 and p is not embedding)]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
 
@@ -214,7 +215,9 @@ def train(args: TrainArgs, data=None) -> str:
             print(f"data: {args.data}; validation: {n_eval} {unit} from {args.eval_data or 'a held-out split'}")
 
     rows = slice(rank * args.batch_size // world, (rank + 1) * args.batch_size // world)
-    loss_fn = OBJECTIVES[args.objective].loss
+    objective = OBJECTIVES[args.objective]
+    # A mixture-of-experts model also minimises its routers' load-balancing loss, logged beside the objective's.
+    router_coef = float(unwrapped.config.router_aux_loss_coef) if getattr(unwrapped.config, "num_experts", 0) else None
     last_step = min(args.steps, args.stop_at or args.steps)
     progress = tqdm(range(start_step, last_step), initial=start_step, total=last_step,
                     disable=not accelerator.is_main_process, desc=args.stage)  # fmt: skip
@@ -223,6 +226,7 @@ def train(args: TrainArgs, data=None) -> str:
     t_record, tokens_record = time.perf_counter(), 0  # throughput since the last learning-curve record
     recent: list[tuple[float, int]] = []  # (time, tokens) of the last steps, for the bar's tokens/s
     window_losses: list[float] = []  # mean loss between two records of the learning curve
+    window_router: list[float] = []  # and the routers' load-balancing loss (mixture-of-experts models)
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args, step)
@@ -231,14 +235,16 @@ def train(args: TrainArgs, data=None) -> str:
         tensors = (input_ids, prompt_lengths, *noise)
         micro_batches = list(zip(*(micro_slices(t, rows, args.grad_accum) for t in tensors)))
         step_loss = torch.zeros((), device=accelerator.device)
+        step_router = torch.zeros((), device=accelerator.device)
         for i, micro in enumerate(micro_batches):
             # Gradients are averaged across processes once per step, after the last micro-batch.
             with accelerator.no_sync(model) if i < len(micro_batches) - 1 else nullcontext():
-                loss = loss_fn(model, *(None if t is None else t.to(accelerator.device) for t in micro))
-                if args.grad_accum > 1:
-                    loss = loss / args.grad_accum
-                accelerator.backward(loss)
-            step_loss += loss.detach()
+                batch = [None if t is None else t.to(accelerator.device) for t in micro]
+                total, loss, router = objective_and_router_loss(objective, model, batch, router_coef)
+                accelerator.backward(total / args.grad_accum)
+            step_loss += loss.detach() / args.grad_accum
+            if router is not None:
+                step_router += router.detach() / args.grad_accum
         accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -249,14 +255,20 @@ def train(args: TrainArgs, data=None) -> str:
         window_losses.append(mean_loss)
         recent = [*recent[-9:], (time.perf_counter(), input_ids.numel())]
         rate = sum(n for _, n in recent[1:]) / (recent[-1][0] - recent[0][0]) if len(recent) > 1 else 0.0
-        progress.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{learning_rate(args, step):.1e}")
+        shown = {"loss": f"{mean_loss:.3f}"}
+        if router_coef is not None:
+            window_router.append(accelerator.reduce(step_router, reduction="mean").item())
+            shown["router"] = f"{window_router[-1]:.3f}"
+        progress.set_postfix(**shown, tok_s=f"{rate:.0f}", lr=f"{learning_rate(args, step):.1e}")
 
         done = step + 1
         if done % args.eval_every == 0 or done == last_step:
             record = {"stage": args.stage, "step": done, "tokens": tokens_seen,
                       "loss": sum(window_losses) / len(window_losses),
                       "tokens_per_s": round(tokens_record / (time.perf_counter() - t_record), 1)}  # fmt: skip
-            window_losses = []
+            if window_router:  # unweighted; the step minimised loss + router_aux_loss_coef x router_loss
+                record["router_loss"] = sum(window_router) / len(window_router)
+            window_losses, window_router = [], []
             if eval_batches:
                 progress.set_description(f"{args.stage} (validation)")
                 record["val_loss"] = validation_loss(model, eval_batches, args, mask_id, accelerator,

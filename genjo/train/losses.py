@@ -5,6 +5,10 @@ input_ids (b, L) int64; prompt_lengths (b,) int64 for SFT rows (the prompt is ne
 loss) or None for pre-training rows; noisy (b, L) int64, masked (b, L) bool and p_mask (b, L) fp32 are the
 step's masking noise (``step_noise``), which an objective may ignore. A new objective is a new entry of
 OBJECTIVES (a loss, and whether its model attends causally), not an edit of the training loop.
+
+A mixture-of-experts model (config.num_experts) also trains its routers' load-balancing loss, whatever the
+objective: ``objective_and_router_loss`` adds ``router_aux_loss_coef`` x that loss (the Switch/Mixtral form,
+modeling_genjo_moe.load_balancing_loss) of the forwards the objective runs.
 """
 
 from collections.abc import Callable
@@ -107,3 +111,32 @@ OBJECTIVES = {
         help="a causal model on the next-token loss (the autoregressive twin)",
     ),
 }
+
+
+class RouterLossProbe:
+    """The model as an objective calls it, asking each forward for its routers' load-balancing loss
+    (``output_router_logits``) and keeping it: the objectives' signatures stay as they are."""
+
+    def __init__(self, model):
+        self.model, self.losses = model, []
+
+    def __call__(self, *args, **kwargs):
+        out = self.model(*args, output_router_logits=True, **kwargs)
+        if out.aux_loss is not None:
+            self.losses.append(out.aux_loss)
+        return out
+
+
+def objective_and_router_loss(objective: Objective, model, batch, router_coef: Optional[float]):
+    """The objective's loss on batch (its loss's arguments after the model), and for a mixture-of-experts model
+    (router_coef not None) plus router_coef x the mean load-balancing loss of its forwards.
+
+    Returns (the loss to minimise, the objective's loss, the unweighted load-balancing loss or None), scalars.
+    """
+    if router_coef is None:
+        loss = objective.loss(model, *batch)
+        return loss, loss, None
+    probe = RouterLossProbe(model)
+    loss = objective.loss(probe, *batch)
+    router = torch.stack(probe.losses).mean()
+    return loss + router_coef * router, loss, router
