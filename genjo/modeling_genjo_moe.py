@@ -427,6 +427,8 @@ class GenjoMoeModelLM(GenjoMoePreTrainedModel):
         """PreTrainedModel.from_pretrained, but a missing (an expert, the expert bias, ...), unexpected or
         mis-shaped weight is an error naming the key."""
         want_info = kwargs.pop("output_loading_info", False)
+        # Mis-shaped weights are reported in the loading info (transformers would raise naming none of them).
+        kwargs.setdefault("ignore_mismatched_sizes", True)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         fields = "num_hidden_layers, hidden_size, num_experts, expert_intermediate_size, ..."
         raise_on_loading_problems(info, "Genjo MoE (LLaDA-MoE)", fields)

@@ -144,12 +144,15 @@ def seeded_weights(config: dict, seed: int = SEED) -> dict[str, torch.Tensor]:
     return weights
 
 
-def published_moe_folder(path, name: str = "base", dtype: torch.dtype = torch.bfloat16, seed: int = SEED) -> Path:
+def published_moe_folder(
+    path, name: str = "base", dtype: torch.dtype = torch.bfloat16, seed: int = SEED, overrides: dict = None
+) -> Path:
     """Write variant ``name`` in the published layout into the folder path: config.json, two safetensors shards in
-    ``dtype`` and their index. Returns the folder."""
+    ``dtype`` and their index. overrides: config keys changed (the weights follow the config's shapes). Returns
+    the folder."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    config = release_config(name)
+    config = {**release_config(name), **(overrides or {})}
     config["torch_dtype"] = str(dtype).removeprefix("torch.")
     (path / "config.json").write_text(json.dumps(config, indent=2))
     weights = {k: v.to(dtype).contiguous() for k, v in seeded_weights(config, seed).items()}

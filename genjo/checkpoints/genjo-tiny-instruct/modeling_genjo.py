@@ -520,6 +520,8 @@ class GenjoModelLM(GenjoPreTrainedModel):
         weight at random would give a model that runs and answers nonsense.
         """
         want_info = kwargs.pop("output_loading_info", False)
+        # Mis-shaped weights are reported in the loading info (transformers would raise naming none of them).
+        kwargs.setdefault("ignore_mismatched_sizes", True)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         raise_on_loading_problems(info, "Genjo", "n_layers, d_model, ...")
         return (model, info) if want_info else model
