@@ -112,11 +112,17 @@ def load_config(name_or_path: Optional[str] = None, **kwargs):
     return GenjoMoeConfig.from_dict(config_dict, **kwargs)
 
 
-def added_token_id(path: str, token: str) -> Optional[int]:
-    """The id of an added (special) token in a local folder's tokenizer_config.json or tokenizer.json, or None."""
+def added_token_id(name_or_path: str, token: str) -> Optional[int]:
+    """The id of an added (special) token in a folder's (or hub id's) tokenizer_config.json or tokenizer.json, or
+    None when neither names it."""
+    from transformers.utils import cached_file
+
     for name, field in (("tokenizer_config.json", "added_tokens_decoder"), ("tokenizer.json", "added_tokens")):
-        file = os.path.join(path, name)
-        if not os.path.isfile(file):
+        try:
+            file = cached_file(name_or_path, name, _raise_exceptions_for_missing_entries=False)
+        except OSError:  # offline and not cached, or no such repository: the EoT then falls back to the EOS
+            file = None
+        if file is None:
             continue
         with open(file) as f:
             entries = json.load(f).get(field) or {}
