@@ -14,11 +14,10 @@ Token counts are the sampler's: a dual-cache block step (32), a prefix-cache ste
 """
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from bench_forward import median_seconds  # the same timing as the forward benchmark (a script beside this one)
 
 from genjo.configuration_genjo_moe import GenjoMoeConfig
 from genjo.loading import default_device
@@ -34,21 +33,6 @@ def per_expert_loop(moe: SparseMoe, x: torch.Tensor) -> torch.Tensor:
         choice, token = torch.where(mask[e])
         out.index_add_(0, token, moe.experts[e](x[token]) * weights[token, choice, None])
     return out
-
-
-def median_ms(run, repeats: int, device: torch.device) -> float:
-    """Median milliseconds of run() over repeats, after two warm-up calls."""
-    times = []
-    for i in range(repeats + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= 2:
-            times.append(1e3 * (time.perf_counter() - started))
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -83,9 +67,9 @@ def main() -> None:
         x = torch.randn(n, args.d_model, device=device, dtype=dtype)
         with torch.inference_mode():
             torch.testing.assert_close(moe(x)[0], per_expert_loop(moe, x), rtol=1e-4, atol=1e-4)
-            grouped = median_ms(lambda x=x: moe(x), args.repeats, device)
-            loop = median_ms(lambda x=x: per_expert_loop(moe, x), args.repeats, device)
-            plain = median_ms(lambda x=x: dense(x), args.repeats, device)
+            grouped = 1e3 * median_seconds(lambda x=x: moe(x), args.repeats, device)
+            loop = 1e3 * median_seconds(lambda x=x: per_expert_loop(moe, x), args.repeats, device)
+            plain = 1e3 * median_seconds(lambda x=x: dense(x), args.repeats, device)
         print(f"| {n} | {grouped:.2f} | {loop:.2f} | {loop / grouped:.2f} | {plain:.2f} | {grouped / plain:.2f} |")
 
 

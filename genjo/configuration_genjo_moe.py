@@ -16,7 +16,7 @@ on nothing but ``transformers`` and ``configuration_genjo.py``.
 
 from transformers import PretrainedConfig
 
-from .configuration_genjo import RELEASE_SAMPLER_DEFAULTS
+from .configuration_genjo import RELEASE_SAMPLER_DEFAULTS, take_fields
 
 # The published LLaDA-MoE-7B-A1B architecture (16 blocks, all MoE; 64 experts, 8 per token). Every field can be
 # overridden by keyword; a folder's config.json overrides them all.
@@ -89,12 +89,7 @@ class GenjoMoeConfig(PretrainedConfig):
             kwargs.update(RELEASE_BEHAVIOUR)
             router_num_group = router_topk_group = None
             kwargs.setdefault("sampler_defaults", dict(RELEASE_SAMPLER_DEFAULTS))
-        for alias, name in self.attribute_map.items():
-            if alias in kwargs:
-                kwargs[name] = kwargs.pop(alias)
-
-        fields = dict(LLADA_MOE_7B_DEFAULTS)
-        fields.update({k: kwargs.pop(k) for k in list(kwargs) if k in LLADA_MOE_7B_DEFAULTS})
+        fields = take_fields(kwargs, self.attribute_map, LLADA_MOE_7B_DEFAULTS)
         if fields["num_key_value_heads"] is None:
             fields["num_key_value_heads"] = fields["num_attention_heads"]
         if fields["moe_layer_freq"] is None:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.utils import ModelOutput, logging
+from transformers.utils import ModelOutput
 
 from .configuration_genjo_moe import GenjoMoeConfig
 from .modeling_genjo import (
@@ -36,13 +36,12 @@ from .modeling_genjo import (
     additive_attention_bias,
     apply_rotary,
     cached_attention,
+    check_forward_arguments,
     key_length,
     query_positions,
     raise_on_loading_problems,
     write_auto_map,
 )
-
-logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -395,12 +394,7 @@ class GenjoMoeModelLM(GenjoMoePreTrainedModel):
         Returns GenjoMoeLMOutput(logits (B, T, V) in the model's dtype, cache, hidden_states, router_logits,
         aux_loss).
         """
-        if output_attentions:
-            raise ValueError("output_attentions=True is not supported: attention runs in fused SDPA kernels.")
-        if labels is not None:
-            logger.warning_once("labels are ignored: the diffusion loss lives in genjo.train.losses; loss is None.")
-        if input_ids is None and inputs_embeds is None:
-            raise ValueError("Pass input_ids (B, T) or inputs_embeds (B, T, D).")
+        check_forward_arguments(input_ids, inputs_embeds, labels, output_attentions)
         use_cache = self.config.use_cache if use_cache is None else use_cache
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         # Outputs are wanted only where logits are: the last block runs its output projection and MLP there alone.

@@ -40,16 +40,18 @@ def new_model(args: TrainArgs, tokenizer):
         max_sequence_length=args.max_sequence_length,
         vocab_size=args.vocab_size,
         embedding_size=args.vocab_size,
-        mask_token_id=ids["mask_token_id"],
-        eos_token_id=ids["eos_token_id"],
-        pad_token_id=ids["pad_token_id"],
-        bos_token_id=ids["bos_token_id"],
-        eot_token_id=ids["eot_token_id"],
+        **config_token_ids(ids),
         init_fn="mitchell",
         precision="fp32",
         causal=OBJECTIVES[args.objective].causal,
     )
     return GenjoModelLM(config)
+
+
+def config_token_ids(ids: dict) -> dict:
+    """The special-token fields of a model config, from ``special_token_ids``."""
+    names = ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id", "eot_token_id")
+    return {name: ids[name] for name in names}
 
 
 def moe_config(args: TrainArgs, ids: dict) -> GenjoMoeConfig:
@@ -77,11 +79,7 @@ def moe_config(args: TrainArgs, ids: dict) -> GenjoMoeConfig:
         rope_theta=args.rope_theta,
         max_position_embeddings=args.max_sequence_length,
         vocab_size=args.vocab_size,
-        mask_token_id=ids["mask_token_id"],
-        eos_token_id=ids["eos_token_id"],
-        pad_token_id=ids["pad_token_id"],
-        bos_token_id=ids["bos_token_id"],
-        eot_token_id=ids["eot_token_id"],
+        **config_token_ids(ids),
     )
 
 

@@ -487,12 +487,7 @@ class GenjoModelLM(GenjoPreTrainedModel):
         **kwargs,
     ):
         """See :meth:`GenjoModel.forward`. Returns GenjoLMOutput(logits (B, T, V), cache, hidden_states)."""
-        if output_attentions:
-            raise ValueError("output_attentions=True is not supported: attention runs in fused SDPA kernels.")
-        if labels is not None:
-            logger.warning_once("labels are ignored: the diffusion loss lives in genjo.train.losses; loss is None.")
-        if input_ids is None and inputs_embeds is None:
-            raise ValueError("Pass input_ids (B, T) or inputs_embeds (B, T, D).")
+        check_forward_arguments(input_ids, inputs_embeds, labels, output_attentions)
         if use_cache is None:
             use_cache = self.config.use_cache
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
@@ -548,6 +543,16 @@ class GenjoModelLM(GenjoPreTrainedModel):
         """Save weights, config, and this modeling code with an ``auto_map`` for remote code."""
         super().save_pretrained(save_directory, *args, **kwargs)
         write_auto_map(save_directory, "configuration_genjo.GenjoConfig", "modeling_genjo.GenjoModelLM")
+
+
+def check_forward_arguments(input_ids, inputs_embeds, labels, output_attentions) -> None:
+    """The Hugging Face forward arguments a Genjo model cannot honour: a ValueError, or a warning for labels."""
+    if output_attentions:
+        raise ValueError("output_attentions=True is not supported: attention runs in fused SDPA kernels.")
+    if labels is not None:
+        logger.warning_once("labels are ignored: the diffusion loss lives in genjo.train.losses; loss is None.")
+    if input_ids is None and inputs_embeds is None:
+        raise ValueError("Pass input_ids (B, T) or inputs_embeds (B, T, D).")
 
 
 def raise_on_loading_problems(info: dict, architecture: str, fields: str) -> None:
