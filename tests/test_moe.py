@@ -253,6 +253,22 @@ def test_cache_refreshed_every_step_equals_no_cache(moe, cache, cfg):
     assert torch.equal(out, generate(moe, PROMPT, **kwargs)) and stats.nfe_refresh == 16
 
 
+def test_device_map_with_disk_offload_places_whole_blocks_and_gives_the_same_tokens(tmp_path):
+    torch.manual_seed(0)
+    model = GenjoMoeModelLM(tiny_moe_config(num_hidden_layers=4, vocab_size=16)).eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    offloaded = load_model(str(tmp_path / "ckpt"), with_tokenizer=False, device_map="auto",
+                           max_memory={"cpu": size // 2}, offload_folder=str(tmp_path / "offload"))  # fmt: skip
+    placement = offloaded.hf_device_map
+    assert placement["model.layers.0"] == "cpu" and placement["model.layers.3"] == "disk"  # experts with their block
+    assert not [name for name in placement if name.count(".") > 2], placement
+    prompt = PROMPT % 16
+    for cache in (None, "prefix", "dual"):
+        kwargs = dict(steps=16, gen_length=16, block_length=8, cache=cache)
+        assert torch.equal(generate(offloaded, prompt, **kwargs), generate(model, prompt, **kwargs)), cache
+
+
 def test_cfg_factor_early_stop_and_random_remasking_run(moe):
     batch, mask, length = left_padded(PROMPTS)
     for kwargs in (dict(cfg_scale=1.5), dict(factor=1.0), dict(temperature=0.7, remasking="random"),
