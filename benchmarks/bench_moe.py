@@ -17,7 +17,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from bench_forward import median_seconds  # the same timing as the forward benchmark (a script beside this one)
+from torch.utils.benchmark import Timer
 
 from genjo.configuration_genjo_moe import GenjoMoeConfig
 from genjo.loading import default_device
@@ -46,7 +46,9 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     parser.add_argument("--dtype", default="float32", choices=["bfloat16", "float32"],
                         help="weights dtype (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--repeats", type=int, default=10, help="timed calls per row (default: %(default)s)")
+    parser.add_argument("--min-run-time", type=float, default=1.0,
+                        help="seconds of timed calls per cell, in blocks; the median block is reported "
+                             "(torch.utils.benchmark; default: %(default)s)")  # fmt: skip
     args = parser.parse_args()
 
     device = torch.device(args.device) if args.device else default_device()
@@ -59,7 +61,7 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"MoE MLP: {args.experts} experts, {args.top_k} per token, d_model {args.d_model}, expert size "
           f"{args.expert_size}; dense MLP of hidden {args.top_k * args.expert_size}; {dtype}, {where}, torch "
-          f"{torch.__version__}, median of {args.repeats}\n")  # fmt: skip
+          f"{torch.__version__}, median block of {args.min_run_time} s of calls (torch.utils.benchmark)\n")  # fmt: skip
     print("| tokens | grouped (ms) | per-expert loop (ms) | loop / grouped | dense, same active size (ms) | "
           "grouped / dense |")  # fmt: skip
     print("|---|---|---|---|---|---|")
@@ -67,9 +69,10 @@ def main() -> None:
         x = torch.randn(n, args.d_model, device=device, dtype=dtype)
         with torch.inference_mode():
             torch.testing.assert_close(moe(x)[0], per_expert_loop(moe, x), rtol=1e-4, atol=1e-4)
-            grouped = 1e3 * median_seconds(lambda x=x: moe(x), args.repeats, device)
-            loop = 1e3 * median_seconds(lambda x=x: per_expert_loop(moe, x), args.repeats, device)
-            plain = 1e3 * median_seconds(lambda x=x: dense(x), args.repeats, device)
+            grouped, loop, plain = (
+                1e3 * Timer("f(x)", globals={"f": f, "x": x}).blocked_autorange(min_run_time=args.min_run_time).median
+                for f in (moe, lambda x: per_expert_loop(moe, x), dense)
+            )
         print(f"| {n} | {grouped:.2f} | {loop:.2f} | {loop / grouped:.2f} | {plain:.2f} | {grouped / plain:.2f} |")
 
 

@@ -129,9 +129,9 @@ class SparseMoe(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, D) -> (output (N, D), router logits (N, E)).
 
-        Dispatch grouped by expert: the N*k (token, choice) pairs are sorted by expert, each expert runs once on
-        its contiguous slice of rows, and the weighted outputs are summed back per token with one index_add (in
-        expert order for each token, as the release adds them). The loop is over the E experts, never over tokens.
+        Dispatch grouped by expert: the N*k (token, choice) pairs are sorted by expert once, each expert runs on its
+        contiguous slice of rows and adds its weighted outputs back to its tokens (in expert order for each token,
+        as the release adds them). The loop is over the E experts, never over tokens.
         """
         logits, weights, experts = self.route(x)
         flat = experts.flatten()  # (N*k,): the expert of pair (token n, choice j) at n*k + j
@@ -142,10 +142,12 @@ class SparseMoe(nn.Module):
             counts = [share + (e < extra) for e in range(self.num_experts)]
         else:
             counts = torch.bincount(flat, minlength=self.num_experts).tolist()  # the one host sync
-        rows = x[token]  # (N*k, D) grouped by expert
-        outputs = [self.experts[e](part) for e, part in enumerate(rows.split(counts)) if counts[e]]
-        weighted = torch.cat(outputs) * weights.flatten()[order, None]  # (N*k, D)
-        return torch.zeros_like(x).index_add_(0, token, weighted), logits
+        pair_weights = weights.flatten()[order, None]  # (N*k, 1), grouped by expert as token
+        out = torch.zeros_like(x)
+        for e, (tokens, w) in enumerate(zip(token.split(counts), pair_weights.split(counts))):
+            if counts[e]:  # gathered per expert: no (N*k, D) copy of the input
+                out.index_add_(0, tokens, self.experts[e](x[tokens]) * w)
+        return out, logits
 
 
 class GenjoMoeBlock(nn.Module):
