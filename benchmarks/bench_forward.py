@@ -17,6 +17,7 @@ pass --peak-tflops otherwise). Times are medians over --repeats, synchronised on
     python benchmarks/bench_forward.py --model 8b                # published 8B architecture, CUDA bf16
     python benchmarks/bench_forward.py                           # the embedded model's config, CPU
     python benchmarks/bench_forward.py --model 8b --dry-run      # no GPU: shapes, FLOPs, memory model
+    python benchmarks/bench_forward.py --model moe-7b-a1b --dry-run   # the published LLaDA-MoE-7B-A1B architecture
 
 --dry-run builds the model on the meta device (no memory, no weights), runs every forward kind for
 its output shapes, and prints the FLOPs and a memory model (bytes computed from the config, not
@@ -33,35 +34,62 @@ import time
 import torch
 
 from genjo import GenjoConfig, GenjoModelLM
-from genjo.loading import DEFAULT_MODEL, default_device, default_dtype, load_config
+from genjo.configuration_genjo_moe import GenjoMoeConfig
+from genjo.loading import DEFAULT_MODEL, default_device, default_dtype, load_config, model_class
 from genjo.long_context import rope_scaling_factor
 
+# --model names of published architectures (their configs' defaults), besides checkpoint folders and hub ids.
+ARCHITECTURES = {"8b": GenjoConfig, "moe-7b-a1b": GenjoMoeConfig}
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0}  # dense, no sparsity
 
 
-def forward_flops(config: GenjoConfig, query_tokens: int, key_tokens: int, head_tokens: int) -> int:
-    """Matmul FLOPs of one sequence's forward.
+def mlp_weights_per_token(config) -> list[int]:
+    """Per block, the MLP weights one token multiplies by: the dense SwiGLU, or for a mixture of experts the
+    router, its k experts and the shared expert."""
+    d = config.d_model
+    if not isinstance(config, GenjoMoeConfig):
+        return [3 * d * config.mlp_hidden_size] * config.n_layers
+    moe = d * config.num_experts + config.num_experts_per_tok * 3 * d * config.expert_intermediate_size
+    moe += 3 * d * (config.shared_expert_intermediate_size or 0)
+    return [moe if kind else 3 * d * config.dense_intermediate_size for kind in config.moe_layer_freq]
+
+
+def forward_flops(config, query_tokens: int, key_tokens: int, head_tokens: int) -> int:
+    """Matmul FLOPs of one sequence's forward (for a mixture of experts, those of the experts a token is routed to).
 
     query_tokens: tokens run through the blocks (projections and MLP); key_tokens: keys each of them
     attends to (cached ones included); head_tokens: positions whose logits are computed.
     """
-    d, hidden = config.d_model, config.mlp_hidden_size
+    d = config.d_model
     kv_dim = config.n_kv_heads * (d // config.n_heads)
-    weights_per_layer = 2 * d * d + 2 * d * kv_dim + 3 * d * hidden  # q, out; k, v; gate, up, down
+    attention_weights = 2 * d * d + 2 * d * kv_dim  # q, out; k, v
     attention_per_pair = 2 * d  # q . k over all heads, then the weighted sum of v: d multiply-adds each
-    per_layer = 2 * weights_per_layer * query_tokens + 2 * attention_per_pair * query_tokens * key_tokens
-    return config.n_layers * per_layer + 2 * d * config.embedding_size * head_tokens
+    total = 2 * d * config.embedding_size * head_tokens
+    for mlp in mlp_weights_per_token(config):
+        total += 2 * (attention_weights + mlp) * query_tokens + 2 * attention_per_pair * query_tokens * key_tokens
+    return total
 
 
-def random_model(config: GenjoConfig, device: torch.device, dtype: torch.dtype) -> GenjoModelLM:
-    """GenjoModelLM with N(0, 0.02) weights and unit norm weights, allocated directly on the device."""
+def active_parameters(config, parameters: int) -> int:
+    """Parameters a token multiplies by: all but the input embedding (a lookup reads one row of it), and for a
+    mixture of experts only the experts it is routed to (the convention of LLaDA-MoE's "1.4B active")."""
+    embedding = config.embedding_size * config.d_model
+    if not isinstance(config, GenjoMoeConfig):
+        return parameters - embedding
+    idle = (config.num_experts - config.num_experts_per_tok) * 3 * config.d_model * config.expert_intermediate_size
+    return parameters - embedding - idle * sum(config.moe_layer_freq)
+
+
+def random_model(config, device: torch.device, dtype: torch.dtype) -> GenjoModelLM:
+    """GenjoModelLM (GenjoMoeModelLM for a MoE config) with N(0, 0.02) weights and unit norm weights, allocated
+    directly on the device."""
     with torch.device("meta"):
-        model = GenjoModelLM(config)
+        model = model_class(config)(config)
     model = model.to(dtype).to_empty(device=device).eval()
     generator = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+            if name.endswith("norm.weight") or name.endswith("ln_f.weight") or "layernorm" in name:
                 parameter.fill_(1.0)
             else:
                 parameter.normal_(0.0, 0.02, generator=generator)
@@ -121,12 +149,17 @@ def forward_kinds(model, length: int, gen_length: int, block_length: int, batch_
     }
 
 
-def dry_run(config: GenjoConfig, dtype: torch.dtype, args) -> None:
+def dry_run(config, dtype: torch.dtype, args) -> None:
     """Shapes, FLOPs and the memory model of the sampler's forwards, on the meta device."""
     with torch.device("meta"):
-        model = GenjoModelLM(config).to(dtype).eval()
+        model = model_class(config)(config).to(dtype).eval()
     parameters = sum(p.numel() for p in model.parameters())
     item = torch.tensor([], dtype=dtype).element_size()
+    active = active_parameters(config, parameters)
+    experts = ""
+    if isinstance(config, GenjoMoeConfig):
+        experts = f"mixture of experts: {config.num_experts} experts per block, {config.num_experts_per_tok} a token; "
+    print(f"{experts}{active:,} active parameters per token (the input embedding and idle experts not counted)")
     print(f"dry run on the meta device: {parameters:,} parameters, {dtype}, batch {args.batch_size}, canvas "
           f"{args.length} = prompt {args.length - args.gen_length} + gen {args.gen_length}, "
           f"block {args.block_length}\n")  # fmt: skip
@@ -221,8 +254,9 @@ def measure(model, length: int, gen_length: int, block_length: int, batch_size: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    model_help = "checkpoint folder or hub id whose config is used (weights are random); '8b' = the published 8B"
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=model_help + " architecture (default: %(default)s)")
+    model_help = ("checkpoint folder or hub id whose config is used (weights are random); '8b' = the published 8B "
+                  "architecture, 'moe-7b-a1b' = the published LLaDA-MoE-7B-A1B")  # fmt: skip
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=model_help + " (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                         help="weights dtype (default: bfloat16 on CUDA, float32 on CPU)")  # fmt: skip
@@ -251,7 +285,8 @@ def main() -> None:
 
     device = torch.device(args.device) if args.device else default_device()
     dtype = getattr(torch, args.dtype) if args.dtype else default_dtype(device)
-    config = GenjoConfig() if args.model.lower() == "8b" else load_config(args.model)
+    known = ARCHITECTURES.get(args.model.lower())
+    config = known() if known else load_config(args.model)
     if args.dry_run:
         dry_run(config, getattr(torch, args.dtype) if args.dtype else torch.bfloat16, args)
         return

@@ -68,6 +68,15 @@ RELEASE_SAMPLER_DEFAULTS = {"gen_length": 128, "steps": 128, "block_length": 32,
                             "remasking": "low_confidence"}  # fmt: skip
 
 
+def take_fields(kwargs: dict, attribute_map: dict, defaults: dict) -> dict:
+    """The architecture fields of a config's keyword arguments: the defaults, overridden by the keys of defaults
+    found in kwargs under their names or their ``attribute_map`` aliases (popped from kwargs)."""
+    for alias, name in attribute_map.items():
+        if alias in kwargs:
+            kwargs[name] = kwargs.pop(alias)
+    return {**defaults, **{k: kwargs.pop(k) for k in list(kwargs) if k in defaults}}
+
+
 class GenjoConfig(PretrainedConfig):
     """Hyper-parameters of :class:`GenjoModelLM` (defaults: the published 8B model).
 
@@ -96,12 +105,7 @@ class GenjoConfig(PretrainedConfig):
             kwargs.pop("architectures")
             kwargs.pop("auto_map", None)
             kwargs.setdefault("sampler_defaults", dict(RELEASE_SAMPLER_DEFAULTS))
-        for alias, name in self.attribute_map.items():
-            if alias in kwargs:
-                kwargs[name] = kwargs.pop(alias)
-
-        fields = dict(GENJO_8B_DEFAULTS)
-        fields.update({k: kwargs.pop(k) for k in list(kwargs) if k in GENJO_8B_DEFAULTS})
+        fields = take_fields(kwargs, self.attribute_map, GENJO_8B_DEFAULTS)
         if fields["n_kv_heads"] is None:
             fields["n_kv_heads"] = fields["n_heads"]
         if fields["embedding_size"] is None:

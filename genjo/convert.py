@@ -1,5 +1,5 @@
-"""Re-save a published checkpoint folder as a Genjo folder: the same weights, Genjo's config, its
-modeling code and an ``auto_map``, and the tokenizer, so that plain transformers loads the result.
+"""Re-save a published checkpoint folder (LLaDA or LLaDA-MoE) as a Genjo folder: the same weights, Genjo's
+config, its modeling code and an ``auto_map``, and the tokenizer, so that plain transformers loads the result.
 
     python -m genjo.convert SRC DST            # SRC: a published folder or hub id; DST: a new folder
     AutoModel.from_pretrained(DST, trust_remote_code=True)   # then works, with Genjo's code
@@ -16,8 +16,7 @@ import torch
 
 def convert(src: str, dst: str, dtype: str = "auto", max_shard_size: str = "5GB") -> None:
     """Load src on the CPU (config read without remote code) and save it to dst (a new or empty folder)."""
-    from .loading import load_config, load_tokenizer
-    from .modeling_genjo import GenjoModelLM
+    from .loading import load_config, load_tokenizer, model_class
 
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise FileExistsError(f"{dst} already exists and is not an empty folder; choose a new destination.")
@@ -25,7 +24,7 @@ def convert(src: str, dst: str, dtype: str = "auto", max_shard_size: str = "5GB"
         raise ValueError(f"dtype={dtype!r} is unknown; use auto (the stored one), bfloat16, float16 or float32.")
     config = load_config(src)
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    model = GenjoModelLM.from_pretrained(src, config=config, dtype=torch_dtype)
+    model = model_class(config).from_pretrained(src, config=config, dtype=torch_dtype)
     model.save_pretrained(dst, max_shard_size=max_shard_size)
     load_tokenizer(src, config).save_pretrained(dst)
 

@@ -1,6 +1,7 @@
 """The one place where scripts load a model: a local folder or a hub id, on the right device/dtype."""
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Optional, Union
@@ -68,17 +69,89 @@ def check_checkpoint(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_config(name_or_path: Optional[str] = None, **kwargs):
-    """GenjoConfig of a Genjo or published folder (or hub id), read without remote code.
+# The two architectures Genjo runs: the dense mask predictor and the mixture of experts (LLaDA-MoE).
+DENSE_ARCHITECTURES = ("GenjoModelLM", "LLaDAModelLM")
+MOE_ARCHITECTURES = ("GenjoMoeModelLM", "LLaDAMoEModelLM", "LLaDAMoEModel")
+DENSE_CONFIG_KEYS = ("d_model", "n_layers", "n_heads")  # OLMo-style names: only a dense config has them
+# The token that ends a chat turn in a published LLaDA-MoE tokenizer (its config.json names no EoT id).
+MOE_TURN_END = "<|role_end|>"
 
-    A published config.json names the original release (model_type "llada"); it is read for its
-    architecture fields only, so the loader's "model of type llada" warning would be noise.
+
+def architecture_of(config_dict: dict, name_or_path: str = "") -> str:
+    """ "moe" or "dense", from a config.json's ``architectures``, else from the keys only one kind has (never
+    from ``model_type``: the published dense 8B and LLaDA-MoE both say "llada"). ValueError for a foreign config."""
+    from .configuration_genjo_moe import MOE_CONFIG_KEYS
+
+    named = set(config_dict.get("architectures") or [])
+    if named & set(MOE_ARCHITECTURES):
+        return "moe"
+    if named & set(DENSE_ARCHITECTURES):
+        return "dense"
+    if named:
+        raise ValueError(f"{name_or_path or 'The checkpoint'}: config.json names architectures {sorted(named)}, "
+                         f"which Genjo does not run (it runs {', '.join(DENSE_ARCHITECTURES + MOE_ARCHITECTURES)}). "
+                         "Pass a Genjo, LLaDA or LLaDA-MoE checkpoint.")  # fmt: skip
+    if any(key in config_dict for key in MOE_CONFIG_KEYS):
+        return "moe"
+    if config_dict.get("model_type") == "genjo" or any(key in config_dict for key in DENSE_CONFIG_KEYS):
+        return "dense"
+    raise ValueError(f"{name_or_path or 'The checkpoint'}: config.json has neither an architecture Genjo runs nor "
+                     f"the keys of one ({', '.join(DENSE_CONFIG_KEYS)} for the dense model, "
+                     f"{', '.join(MOE_CONFIG_KEYS)} for the mixture of experts).")  # fmt: skip
+
+
+def load_config(name_or_path: Optional[str] = None, **kwargs):
+    """GenjoConfig or GenjoMoeConfig of a Genjo or published folder (or hub id), read without remote code.
+
+    The class follows the folder's architecture (``architecture_of``). A published config.json names the original
+    release (model_type "llada"); it is read for its architecture fields only, so the loader's "model of type
+    llada" warning would be noise. A published LLaDA-MoE folder names no end-of-turn id: it is read from its
+    tokenizer (``<|role_end|>``), else the EOS ends a turn.
     """
     from .configuration_genjo import GenjoConfig
+    from .configuration_genjo_moe import GenjoMoeConfig
 
     path = check_checkpoint(name_or_path or DEFAULT_MODEL)
     config_dict, kwargs = GenjoConfig.get_config_dict(path, **kwargs)
-    return GenjoConfig.from_dict(config_dict, **kwargs)
+    if architecture_of(config_dict, str(name_or_path or path)) == "dense":
+        return GenjoConfig.from_dict(config_dict, **kwargs)
+    if "eot_token_id" not in config_dict:
+        config_dict = {**config_dict, "eot_token_id": added_token_id(path, MOE_TURN_END)}
+    return GenjoMoeConfig.from_dict(config_dict, **kwargs)
+
+
+def added_token_id(name_or_path: str, token: str) -> Optional[int]:
+    """The id of an added (special) token in a folder's (or hub id's) tokenizer_config.json or tokenizer.json, or
+    None when neither names it."""
+    from transformers.utils import cached_file
+
+    for name, field in (("tokenizer_config.json", "added_tokens_decoder"), ("tokenizer.json", "added_tokens")):
+        try:
+            file = cached_file(name_or_path, name, _raise_exceptions_for_missing_entries=False)
+        except OSError:  # offline and not cached, or no such repository: the EoT then falls back to the EOS
+            file = None
+        if file is None:
+            continue
+        with open(file) as f:
+            entries = json.load(f).get(field) or {}
+        pairs = entries.items() if isinstance(entries, dict) else ((e.get("id"), e) for e in entries)
+        for token_id, entry in pairs:
+            if isinstance(entry, dict) and entry.get("content") == token:
+                return int(token_id)
+    return None
+
+
+def model_class(config):
+    """GenjoModelLM or GenjoMoeModelLM, the class that runs config."""
+    from .configuration_genjo_moe import GenjoMoeConfig
+
+    if isinstance(config, GenjoMoeConfig):
+        from .modeling_genjo_moe import GenjoMoeModelLM
+
+        return GenjoMoeModelLM
+    from .modeling_genjo import GenjoModelLM
+
+    return GenjoModelLM
 
 
 def load_tokenizer(name_or_path: Optional[str] = None, config=None):
@@ -140,7 +213,7 @@ def load_model(
     context_length: Optional[int] = None,
     rope_scaling: Union[str, float] = DEFAULT_ROPE_SCALING,
 ):
-    """Load a Genjo checkpoint (Genjo or original-release layout) in eval mode.
+    """Load a Genjo checkpoint (Genjo or original-release layout, dense or LLaDA-MoE) in eval mode.
 
     name_or_path: a local folder or a hub id; defaults to the embedded instruct model.
     device_map: None puts the whole model on ``device``. "auto" (or "balanced", "sequential", or an
@@ -159,8 +232,6 @@ def load_model(
         the checkpoint already covers leaves the model as it is.
     Returns (model, tokenizer), or the model alone when with_tokenizer is False.
     """
-    from .modeling_genjo import GenjoModelLM
-
     if context_length is not None:  # bad values fail before the weights are read
         check_context_length(context_length)
         check_rope_scaling(rope_scaling)
@@ -168,16 +239,17 @@ def load_model(
     config = load_config(path)
     if context_length is not None:
         extend_context(config, context_length, rope_scaling)
+    model_cls = model_class(config)
     if device_map is None:
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or default_dtype(device)
-        model = GenjoModelLM.from_pretrained(path, config=config, dtype=dtype).to(device).eval()
+        model = model_cls.from_pretrained(path, config=config, dtype=dtype).to(device).eval()
     else:
         if device is not None:
             raise ValueError("Pass device or device_map, not both (device_map places the model itself).")
         dtype = dtype or default_dtype(default_device())
         kwargs = {k: v for k, v in dict(max_memory=max_memory, offload_folder=offload_folder).items() if v is not None}
-        model = GenjoModelLM.from_pretrained(path, config=config, dtype=dtype, device_map=device_map, **kwargs).eval()
+        model = model_cls.from_pretrained(path, config=config, dtype=dtype, device_map=device_map, **kwargs).eval()
     set_cpu_threads(model, threads)
     if not with_tokenizer:
         return model

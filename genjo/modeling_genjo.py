@@ -93,35 +93,149 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, config: GenjoConfig):
         super().__init__()
-        self.head_dim = config.d_model // config.n_heads
-        self.theta = config.rope_base  # rope_theta, scaled by a context extension (config.rope_extension)
+        # Rotated dims Dr per head: all of them, or the first head_dim * partial_rotary_factor (LLaDA-MoE's field).
+        self.head_dim = int(config.d_model // config.n_heads * (getattr(config, "partial_rotary_factor", None) or 1))
+        # rope_theta, scaled by a context extension (config.rope_extension) where the config has one
+        self.theta = getattr(config, "rope_base", config.rope_theta)
         self.table_length = config.max_sequence_length
         self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def tables(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin tables (P, Dh) in fp32 for positions 0..P-1, P >= length, grown on demand."""
+        """cos, sin tables (P, Dr) in fp32 for positions 0..P-1, P >= length, grown on demand."""
         cached = self._tables.get(device)
         if cached is not None and cached[0].shape[0] >= length:
             return cached
         length = max(self.table_length, length)
         exponent = torch.arange(0, self.head_dim, 2, device=device, dtype=torch.float) / self.head_dim
-        inv_freq = 1.0 / (self.theta**exponent)  # (Dh/2,)
+        inv_freq = 1.0 / (self.theta**exponent)  # (Dr/2,)
         positions = torch.arange(length, device=device, dtype=torch.float)
-        angles = torch.outer(positions, inv_freq)  # (P, Dh/2)
-        angles = torch.cat((angles, angles), dim=-1)  # (P, Dh): rotate-half layout, not interleaved
+        angles = torch.outer(positions, inv_freq)  # (P, Dr/2)
+        angles = torch.cat((angles, angles), dim=-1)  # (P, Dr): rotate-half layout, not interleaved
         self._tables[device] = (angles.cos(), angles.sin())
         return self._tables[device]
 
     def forward(self, position_ids: torch.Tensor, max_position: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin (B, 1, T, Dh) fp32 for position_ids (B, T) whose values are <= max_position."""
+        """cos, sin (B, 1, T, Dr) fp32 for position_ids (B, T) whose values are <= max_position."""
         cos, sin = self.tables(max_position + 1, position_ids.device)
         return cos[position_ids].unsqueeze(1), sin[position_ids].unsqueeze(1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, H, T, Dh) in fp32: x cos + rotate_half(x) sin; returns x's dtype."""
+    """Rotate x (B, H, T, Dh) in fp32: x cos + rotate_half(x) sin; returns x's dtype.
+
+    cos, sin: (B, 1, T, Dr). With Dr < Dh (partial rotary) only the first Dr dims turn; the rest pass as they are.
+    """
     x32 = x.float()
+    rotary_dim = cos.shape[-1]
+    if rotary_dim < x.shape[-1]:
+        turned, kept = x32[..., :rotary_dim], x32[..., rotary_dim:]
+        return torch.cat((turned * cos + rotate_half(turned) * sin, kept), dim=-1).to(x.dtype)
     return (x32 * cos + rotate_half(x32) * sin).to(x.dtype)
+
+
+def cached_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attention_bias: Optional[torch.Tensor],
+    layer_past: Optional[tuple[torch.Tensor, torch.Tensor]],
+    replace_position: Optional[torch.Tensor],
+    use_cache: bool,
+) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
+    """Bidirectional SDPA of the queries q (B, H, T, Dh) over the keys k and values v (B, Hkv, T, Dh) (after RoPE).
+
+    Without ``layer_past`` the keys are k itself (S = T). With ``layer_past`` (B, Hkv, P, Dh) and no
+    ``replace_position``, k and v are appended after the cached ones (S = P + T; the prefix cache). With
+    ``replace_position`` (B, P) bool holding T true entries per row, they overwrite the cache in place at those
+    columns (S = P; the dual cache). attention_bias: additive (1|B, 1, T, S) or None. Grouped-query attention
+    repeats each key/value head H / Hkv times. Returns the output (B, H, T, Dh) and the present (K, V) when use_cache.
+    """
+    if layer_past is not None and replace_position is not None:
+        past_k, past_v = layer_past
+        # (B, Hkv, P, Dh) viewed as (B, P, Hkv, Dh): boolean indexing picks (B*T, Hkv, Dh)
+        past_k.transpose(1, 2)[replace_position] = k.transpose(1, 2).reshape(-1, *k.shape[1::2])
+        past_v.transpose(1, 2)[replace_position] = v.transpose(1, 2).reshape(-1, *v.shape[1::2])
+        k, v = past_k, past_v
+    elif layer_past is not None:
+        k = torch.cat((layer_past[0], k), dim=2)
+        v = torch.cat((layer_past[1], v), dim=2)
+    present = (k, v) if use_cache else None
+    n_heads, n_kv_heads = q.shape[1], k.shape[1]
+    if n_kv_heads != n_heads:  # grouped-query attention
+        k = k.repeat_interleave(n_heads // n_kv_heads, dim=1)
+        v = v.repeat_interleave(n_heads // n_kv_heads, dim=1)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attention_bias, dropout_p=0.0, is_causal=False, scale=q.shape[-1] ** -0.5
+    )  # (B, H, T, Dh)
+    return out, present
+
+
+def key_length(past_key_values: Optional[KVCache], replace_position: Optional[torch.Tensor], T: int) -> int:
+    """S, the number of keys a forward of T queries attends to: T, the cache's length (dual cache: its columns
+    are overwritten), or the cache's length + T (prefix cache: appended)."""
+    if past_key_values is None:
+        return T
+    cached = past_key_values[0][0].shape[2]
+    return cached if replace_position is not None else cached + T
+
+
+def query_positions(
+    attention_mask: Optional[torch.Tensor],
+    position_ids: Optional[torch.Tensor],
+    replace_position: Optional[torch.Tensor],
+    B: int,
+    T: int,
+    S: int,
+    device,
+) -> tuple[torch.Tensor, int]:
+    """RoPE positions (B, T) int64 of the queries and their maximum.
+
+    Given position_ids, those. Else from attention_mask (B, S): ``cumsum(mask) - 1`` so that each row's first real
+    token is position 0, else 0..S-1; then the query columns are taken: those of replace_position (B, S) bool (dual
+    cache), or the last T (a prefix cache sits before them).
+    """
+    if position_ids is not None:
+        return position_ids, int(position_ids.max())
+    if attention_mask is not None:
+        all_positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S)
+    else:
+        all_positions = torch.arange(S, device=device).expand(B, S)
+    if replace_position is not None:
+        return all_positions[replace_position].view(B, T), S - 1
+    return all_positions[:, S - T :], S - 1  # derived positions never exceed the key length
+
+
+def additive_attention_bias(
+    attention_mask, attention_bias, T: int, S: int, dtype, causal: bool = False, device=None
+) -> Optional[torch.Tensor]:
+    """Additive bias (1|B, 1, T, S) in the query dtype, or None when nothing is hidden.
+
+    attention_mask: (B, S) of 1 (token) / 0 (padding): padding keys are hidden. attention_bias: optional
+    (1|B, 1, S, S) or (1|B, 1, T, S); bool/int true = allowed, float = additive (square ones are sliced to the last
+    T query rows). causal (config.causal, the autoregressive twin only): query i, the key at column S - T + i, also
+    sees no key after itself.
+    """
+    min_value = torch.finfo(torch.float32).min
+    bias = None
+    if attention_mask is not None and not bool(attention_mask.all()):
+        pad_bias = (1.0 - attention_mask.float()) * min_value  # (B, S)
+        bias = pad_bias[:, None, None, :]
+    if attention_bias is not None:
+        if attention_bias.dtype in (torch.bool, torch.int32, torch.int64, torch.uint8):
+            extra = torch.zeros(attention_bias.shape, dtype=torch.float32, device=attention_bias.device)
+            extra = extra.masked_fill(~attention_bias.bool(), min_value)
+        else:
+            extra = attention_bias.float()
+        extra = extra[..., extra.shape[-2] - T :, :S]
+        bias = extra if bias is None else bias + extra
+    if causal:
+        future = torch.ones(T, S, dtype=torch.bool, device=device).triu(S - T + 1)  # (T, S)
+        extra = torch.zeros(T, S, device=device).masked_fill(future, min_value)[None, None]
+        bias = extra if bias is None else bias + extra
+    if bias is None:
+        return None
+    # The sum of two minima is -inf in fp32; clamp keeps softmax finite for fully hidden rows.
+    return bias.clamp(min=min_value).to(dtype)
 
 
 class GenjoBlock(nn.Module):
@@ -157,10 +271,7 @@ class GenjoBlock(nn.Module):
     ) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
         """Bidirectional attention of the T queries in x (B, T, D) over all S keys.
 
-        Without ``layer_past`` the keys are x itself (S = T). With ``layer_past`` (B, Hkv, P, Dh)
-        and no ``replace_position``, x's keys are appended after the cached ones (S = P + T; the
-        prefix cache). With ``replace_position`` (B, P) bool holding T true entries per row, x's
-        keys overwrite the cache in place at those columns (S = P; the dual cache).
+        layer_past, replace_position: the cache and how x's keys join it (``cached_attention``).
         Returns (B, T, D), or (N, D) for the N true positions of ``output_mask`` (B, T) bool.
         """
         B, T, D = x.shape
@@ -168,24 +279,7 @@ class GenjoBlock(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-
-        if layer_past is not None and replace_position is not None:
-            past_k, past_v = layer_past
-            # (B, Hkv, P, Dh) viewed as (B, P, Hkv, Dh): boolean indexing picks (B*T, Hkv, Dh)
-            past_k.transpose(1, 2)[replace_position] = k.transpose(1, 2).reshape(-1, *k.shape[1::2])
-            past_v.transpose(1, 2)[replace_position] = v.transpose(1, 2).reshape(-1, *v.shape[1::2])
-            k, v = past_k, past_v
-        elif layer_past is not None:
-            k = torch.cat((layer_past[0], k), dim=2)
-            v = torch.cat((layer_past[1], v), dim=2)
-        present = (k, v) if use_cache else None
-
-        if self.n_kv_heads != self.n_heads:  # grouped-query attention
-            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attention_bias, dropout_p=0.0, is_causal=False, scale=self.head_dim**-0.5
-        )  # (B, H, T, Dh)
+        out, present = cached_attention(q, k, v, attention_bias, layer_past, replace_position, use_cache)
         out = out.transpose(1, 2).reshape(B, T, D)
         if output_mask is not None:
             out = out[output_mask]  # (N, D)
@@ -293,31 +387,13 @@ class GenjoModel(nn.Module):
         """
         x = self.transformer.wte(input_ids) if input_embeddings is None else input_embeddings
         B, T, _ = x.shape
-        if past_key_values is None:
-            S = T
-        elif replace_position is not None:
-            S = past_key_values[0][0].shape[2]
-        else:
-            S = past_key_values[0][0].shape[2] + T
+        S = key_length(past_key_values, replace_position, T)
         if attention_mask is not None and attention_mask.shape != (B, S):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected (B, S) = {(B, S)}.")
-
-        max_position = S - 1  # positions derived below never exceed the key length
-        if position_ids is not None:
-            max_position = int(position_ids.max())
-        else:
-            if attention_mask is not None:
-                all_positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S)
-            else:
-                all_positions = torch.arange(S, device=x.device).expand(B, S)
-            if replace_position is not None:
-                position_ids = all_positions[replace_position].view(B, T)
-            else:
-                position_ids = all_positions[:, S - T :]
-
+        position_ids, max_position = query_positions(attention_mask, position_ids, replace_position, B, T, S, x.device)
         rope = self.rotary_emb(position_ids, max_position)
         causal = getattr(self.config, "causal", False)  # the autoregressive twin only
-        bias = self._attention_bias(attention_mask, attention_bias, T, S, x.dtype, causal, x.device)
+        bias = additive_attention_bias(attention_mask, attention_bias, T, S, x.dtype, causal, x.device)
         hidden_states = [] if output_hidden_states else None
         presents = [] if use_cache else None
         # Outputs are wanted only where logits are: the last block runs its output projection and MLP
@@ -340,37 +416,6 @@ class GenjoModel(nn.Module):
             x = x[logits_mask.to(x.device)]  # (N, D); under a device_map the last block may sit elsewhere
         logits = self.lm_head(x)
         return GenjoOutput(logits, presents, tuple(hidden_states) if hidden_states is not None else None)
-
-    @staticmethod
-    def _attention_bias(
-        attention_mask, attention_bias, T: int, S: int, dtype, causal: bool = False, device=None
-    ) -> Optional[torch.Tensor]:
-        """Additive bias (1|B, 1, T, S) in the query dtype, or None when nothing is hidden.
-
-        causal (config.causal, the autoregressive twin only): query i, the key at column S - T + i,
-        also sees no key after itself.
-        """
-        min_value = torch.finfo(torch.float32).min
-        bias = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            pad_bias = (1.0 - attention_mask.float()) * min_value  # (B, S)
-            bias = pad_bias[:, None, None, :]
-        if attention_bias is not None:
-            if attention_bias.dtype in (torch.bool, torch.int32, torch.int64, torch.uint8):
-                extra = torch.zeros(attention_bias.shape, dtype=torch.float32, device=attention_bias.device)
-                extra = extra.masked_fill(~attention_bias.bool(), min_value)
-            else:
-                extra = attention_bias.float()
-            extra = extra[..., extra.shape[-2] - T :, :S]
-            bias = extra if bias is None else bias + extra
-        if causal:
-            future = torch.ones(T, S, dtype=torch.bool, device=device).triu(S - T + 1)  # (T, S)
-            extra = torch.zeros(T, S, device=device).masked_fill(future, min_value)[None, None]
-            bias = extra if bias is None else bias + extra
-        if bias is None:
-            return None
-        # The sum of two minima is -inf in fp32; clamp keeps softmax finite for fully hidden rows.
-        return bias.clamp(min=min_value).to(dtype)
 
 
 class GenjoPreTrainedModel(PreTrainedModel):
@@ -505,12 +550,7 @@ class GenjoModelLM(GenjoPreTrainedModel):
         **kwargs,
     ):
         """See :meth:`GenjoModel.forward`. Returns GenjoLMOutput(logits (B, T, V), cache, hidden_states)."""
-        if output_attentions:
-            raise ValueError("output_attentions=True is not supported: attention runs in fused SDPA kernels.")
-        if labels is not None:
-            logger.warning_once("labels are ignored: the diffusion loss lives in genjo.train.losses; loss is None.")
-        if input_ids is None and inputs_embeds is None:
-            raise ValueError("Pass input_ids (B, T) or inputs_embeds (B, T, D).")
+        check_forward_arguments(input_ids, inputs_embeds, labels, output_attentions)
         if use_cache is None:
             use_cache = self.config.use_cache
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
@@ -635,15 +675,10 @@ class GenjoModelLM(GenjoPreTrainedModel):
         weight at random would give a model that runs and answers nonsense.
         """
         want_info = kwargs.pop("output_loading_info", False)
+        # Mis-shaped weights are reported in the loading info (transformers would raise naming none of them).
+        kwargs.setdefault("ignore_mismatched_sizes", True)
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-        problems = {k: v for k, v in problems.items() if v}
-        if problems:
-            details = "; ".join(
-                f"{k}: {', '.join(map(str, v[:5]))}{' ...' if len(v) > 5 else ''}" for k, v in problems.items()
-            )
-            raise ValueError(f"The checkpoint does not match the Genjo architecture ({details}). "
-                             "Check config.json (n_layers, d_model, ...) against the weights.")  # fmt: skip
+        raise_on_loading_problems(info, "Genjo", "n_layers, d_model, ...")
         return (model, info) if want_info else model
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -667,17 +702,45 @@ class GenjoModelLM(GenjoPreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Save weights, config, and this modeling code with an ``auto_map`` for remote code."""
         super().save_pretrained(save_directory, *args, **kwargs)
-        config_path = os.path.join(save_directory, "config.json")
-        with open(config_path) as f:
-            config = json.load(f)
-        config["auto_map"] = {
-            "AutoConfig": "configuration_genjo.GenjoConfig",
-            "AutoModel": "modeling_genjo.GenjoModelLM",
-            "AutoModelForCausalLM": "modeling_genjo.GenjoModelLM",
-        }
-        with open(config_path, "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-            f.write("\n")
+        write_auto_map(save_directory, "configuration_genjo.GenjoConfig", "modeling_genjo.GenjoModelLM")
+
+
+def check_forward_arguments(input_ids, inputs_embeds, labels, output_attentions) -> None:
+    """The Hugging Face forward arguments a Genjo model cannot honour: a ValueError, or a warning for labels."""
+    if output_attentions:
+        raise ValueError("output_attentions=True is not supported: attention runs in fused SDPA kernels.")
+    if labels is not None:
+        logger.warning_once("labels are ignored: the diffusion loss lives in genjo.train.losses; loss is None.")
+    if input_ids is None and inputs_embeds is None:
+        raise ValueError("Pass input_ids (B, T) or inputs_embeds (B, T, D).")
+
+
+def raise_on_loading_problems(info: dict, architecture: str, fields: str) -> None:
+    """ValueError naming the missing, unexpected or mis-shaped weights of a ``from_pretrained`` loading info.
+
+    Published checkpoints are loaded by their exact key names; silently initialising a missing weight at random
+    would give a model that runs and answers nonsense. fields: the config fields to check, for the message.
+    """
+    problems = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    problems = {k: v for k, v in problems.items() if v}
+    if problems:
+        details = "; ".join(
+            f"{k}: {', '.join(map(str, v[:5]))}{' ...' if len(v) > 5 else ''}" for k, v in problems.items()
+        )
+        raise ValueError(f"The checkpoint does not match the {architecture} architecture ({details}). "
+                         f"Check config.json ({fields}) against the weights.")  # fmt: skip
+
+
+def write_auto_map(save_directory, config_class: str, model_class: str) -> None:
+    """Point a saved folder's config.json ``auto_map`` at the model code saved beside it ("module.Class" names), so
+    that ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` loads it with transformers alone."""
+    config_path = os.path.join(save_directory, "config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    config["auto_map"] = {"AutoConfig": config_class, "AutoModel": model_class, "AutoModelForCausalLM": model_class}
+    with open(config_path, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 GenjoConfig.register_for_auto_class()

@@ -80,6 +80,9 @@ class TrainArgs:
     rope_theta: float = 10000.0
     max_sequence_length: int = 1024
     vocab_size: int = 512
+    num_experts: int = 0  # > 0: a mixture-of-experts model (the LLaDA-MoE block) of this many experts per block
+    experts_per_token: int = 2
+    expert_hidden_size: Optional[int] = None  # default: mlp_hidden_size / experts_per_token (the dense active size)
     # Your data (genjo/train/files.py); without --data the synthetic tiny world is used.
     data: Optional[str] = None  # JSON-lines file or glob: {"text": ...} (pretrain) or {"messages": [...]} (sft)
     eval_data: Optional[str] = None  # held-out file for the validation loss (default: a split of --data)
@@ -144,6 +147,10 @@ HELP = {
     "rope_theta": "new model: RoPE base",
     "max_sequence_length": "new model: longest sequence (RoPE tables grow beyond it)",
     "vocab_size": "new model: embedding rows (at least the tokenizer's size)",
+    "num_experts": "new model: experts per block, a mixture of experts as LLaDA-MoE (0: the dense model)",
+    "experts_per_token": "new mixture-of-experts model: experts each token is routed to",
+    "expert_hidden_size": "new mixture-of-experts model: SwiGLU hidden size of an expert "
+    "(default: --mlp-hidden-size / --experts-per-token, the dense model's active size)",
     "data": 'JSON-lines file or glob: {"text": ...} lines (pretrain) or {"messages": [...]} lines (sft)',
     "eval_data": "JSON-lines file for the validation loss (default: a held-out split of --data)",
     "eval_fraction": "share of --data lines held out for validation when there is no --eval-data",

@@ -19,6 +19,12 @@ def main(argv=None) -> None:
         if ns.replace_shipped and ns.export_root:
             parser.error("--replace-shipped and --export-root are exclusive.")
         export_root = str(CHECKPOINTS) if ns.replace_shipped else ns.export_root
-        recipe.reproduce_tiny_models(ns.run_dir, export_root, ns.seed, ns.scale)
+        experts = None
+        if ns.num_experts:  # the recipe for a mixture of experts of the tiny model's active size
+            if ns.replace_shipped:
+                parser.error("--replace-shipped overwrites the embedded dense models; export a MoE with --export-root.")
+            experts = dict(num_experts=ns.num_experts, experts_per_token=ns.experts_per_token,
+                           expert_hidden_size=ns.expert_hidden_size)  # fmt: skip
+        recipe.reproduce_tiny_models(ns.run_dir, export_root, ns.seed, ns.scale, experts)
         return
     print(train(args_from_namespace(ns)))

@@ -28,7 +28,7 @@ from ..evaluation import family_accuracy
 from ..tokenizer import build_tokenizer
 from .args import TrainArgs, check_args
 from .data import row_attention, training_data
-from .losses import OBJECTIVES, forward_process, masked_cross_entropy, step_noise
+from .losses import OBJECTIVES, forward_process, masked_cross_entropy, objective_and_router_loss, step_noise
 from .model import (
     enable_gradient_checkpointing,
     load_training_model,
@@ -59,8 +59,9 @@ def learning_rate(args: TrainArgs, step: int) -> float:
 
 def make_optimizer(args: TrainArgs, model: torch.nn.Module) -> torch.optim.AdamW:
     """AdamW; no weight decay on norms and embeddings."""
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n)]
+    embedding = model.get_input_embeddings().weight
+    decay = [p for p in model.parameters() if p.dim() >= 2 and p is not embedding]
+    no_decay = [p for p in model.parameters() if not (p.dim() >= 2 and p is not embedding)]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
 
@@ -240,6 +241,8 @@ def train(args: TrainArgs, data=None) -> str:
     loss_fn = OBJECTIVES[args.objective].loss
     if vrpo:
         loss_fn = functools.partial(vrpo_step_loss, reference=reference, beta=args.beta, mask_id=mask_id)
+    # A mixture-of-experts model also minimises its routers' load-balancing loss, logged beside the objective's.
+    router_coef = float(unwrapped.config.router_aux_loss_coef) if getattr(unwrapped.config, "num_experts", 0) else None
     last_step = min(args.steps, args.stop_at or args.steps)
     progress = tqdm(range(start_step, last_step), initial=start_step, total=last_step,
                     disable=not accelerator.is_main_process, desc=args.stage)  # fmt: skip
@@ -248,6 +251,7 @@ def train(args: TrainArgs, data=None) -> str:
     t_record, tokens_record = time.perf_counter(), 0  # throughput since the last learning-curve record
     recent: list[tuple[float, int]] = []  # (time, tokens) of the last steps, for the bar's tokens/s
     window_losses: list[float] = []  # mean loss between two records of the learning curve
+    window_router: list[float] = []  # and the routers' load-balancing loss (mixture-of-experts models)
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args, step)
@@ -260,15 +264,17 @@ def train(args: TrainArgs, data=None) -> str:
         step_tokens = tensors[0].numel() + (tensors[1].numel() if vrpo else 0)
         micro_batches = list(zip(*(micro_slices(t, rows, args.grad_accum) for t in tensors)))
         step_loss = torch.zeros((), device=accelerator.device)
+        step_router = torch.zeros((), device=accelerator.device)
         for i, micro in enumerate(micro_batches):
             # Gradients are averaged across processes once per step, after the last micro-batch.
             with accelerator.no_sync(model) if i < len(micro_batches) - 1 else nullcontext():
                 *batch, attention_bias = (None if t is None else t.to(accelerator.device) for t in micro)
-                loss = loss_fn(model, *batch, attention_bias=attention_bias)
-                if args.grad_accum > 1:
-                    loss = loss / args.grad_accum
-                accelerator.backward(loss)
-            step_loss += loss.detach()
+                total, loss, router = objective_and_router_loss(loss_fn, model, batch, router_coef,
+                                                                attention_bias=attention_bias)  # fmt: skip
+                accelerator.backward(total / args.grad_accum)
+            step_loss += loss.detach() / args.grad_accum
+            if router is not None:
+                step_router += router.detach() / args.grad_accum
         accelerator.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -280,14 +286,20 @@ def train(args: TrainArgs, data=None) -> str:
         recent = [*recent[-9:], (time.perf_counter(), step_tokens)]
         rate = sum(n for _, n in recent[1:]) / (recent[-1][0] - recent[0][0]) if len(recent) > 1 else 0.0
         # The bar shows this step's loss; the learning-curve record's "loss" is the mean since the previous record.
-        progress.set_postfix(step_loss=f"{mean_loss:.3f}", tok_s=f"{rate:.0f}", lr=f"{learning_rate(args, step):.1e}")
+        shown = {"step_loss": f"{mean_loss:.3f}"}
+        if router_coef is not None:
+            window_router.append(accelerator.reduce(step_router, reduction="mean").item())
+            shown["router"] = f"{window_router[-1]:.3f}"
+        progress.set_postfix(**shown, tok_s=f"{rate:.0f}", lr=f"{learning_rate(args, step):.1e}")
 
         done = step + 1
         if done % args.eval_every == 0 or done == last_step:
             record = {"stage": args.stage, "step": done, "tokens": tokens_seen,
                       "loss": sum(window_losses) / len(window_losses), "loss_steps": len(window_losses),
                       "tokens_per_s": round(tokens_record / (time.perf_counter() - t_record), 1)}  # fmt: skip
-            window_losses = []
+            if window_router:  # unweighted; the step minimised loss + router_aux_loss_coef x router_loss
+                record["router_loss"] = sum(window_router) / len(window_router)
+            window_losses, window_router = [], []
             if vrpo and eval_batches:
                 progress.set_description(f"{args.stage} (held-out pairs)")
                 record.update(preference_metrics(model, held_out, stored_reference, args.beta, mask_id, accelerator))

@@ -7,6 +7,10 @@ step's masking noise (``step_noise``), which an objective may ignore; the keywor
 bool or None, hides keys from queries (document-level masks of packed rows, genjo/train/data.py). A new
 objective is a new entry of OBJECTIVES (a loss, and whether its model attends causally), not an edit of the
 training loop.
+
+A mixture-of-experts model (config.num_experts) also trains its routers' load-balancing loss, whatever the
+objective: ``objective_and_router_loss`` adds ``router_aux_loss_coef`` x that loss (the Switch/Mixtral form,
+modeling_genjo_moe.load_balancing_loss) of the forwards the objective runs.
 """
 
 from collections.abc import Callable
@@ -124,3 +128,33 @@ OBJECTIVES = {
         help="a causal model on the next-token loss (the autoregressive twin)",
     ),
 }
+
+
+class RouterLossProbe:
+    """The model as an objective calls it, asking each forward for its routers' load-balancing loss
+    (``output_router_logits``) and keeping it: the objectives' signatures stay as they are."""
+
+    def __init__(self, model):
+        self.model, self.losses = model, []
+
+    def __call__(self, *args, **kwargs):
+        out = self.model(*args, output_router_logits=True, **kwargs)
+        if out.aux_loss is not None:
+            self.losses.append(out.aux_loss)
+        return out
+
+
+def objective_and_router_loss(loss_fn: Callable[..., torch.Tensor], model, batch, router_coef: Optional[float],
+                              **kwargs):  # fmt: skip
+    """loss_fn's loss on batch (its arguments after the model, and kwargs), and for a mixture-of-experts model
+    (router_coef not None) plus router_coef x the mean load-balancing loss of its forwards.
+
+    Returns (the loss to minimise, the objective's loss, the unweighted load-balancing loss or None), scalars.
+    """
+    if router_coef is None:
+        loss = loss_fn(model, *batch, **kwargs)
+        return loss, loss, None
+    probe = RouterLossProbe(model)
+    loss = loss_fn(probe, *batch, **kwargs)
+    router = torch.stack(probe.losses).mean()
+    return loss + router_coef * router, loss, router

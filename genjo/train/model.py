@@ -8,15 +8,18 @@ from typing import Optional
 import torch
 
 from ..configuration_genjo import GenjoConfig
-from ..loading import load_config, load_tokenizer
+from ..configuration_genjo_moe import GenjoMoeConfig
+from ..loading import load_config, load_tokenizer, model_class
 from ..modeling_genjo import GenjoModelLM
+from ..modeling_genjo_moe import GenjoMoeModelLM
 from ..tokenizer import special_token_ids
 from .args import TrainArgs
 from .losses import OBJECTIVES
 
 
-def new_model(args: TrainArgs, tokenizer) -> GenjoModelLM:
-    """A freshly initialised fp32 model of the architecture in args (causal when the objective is)."""
+def new_model(args: TrainArgs, tokenizer):
+    """A freshly initialised fp32 model of the architecture in args: a GenjoModelLM (causal when the objective is),
+    or with args.num_experts a GenjoMoeModelLM (the LLaDA-MoE block, every MLP a mixture of experts)."""
     ids = special_token_ids(tokenizer)
     missing = [name for name, i in ids.items() if i is None or i == tokenizer.unk_token_id]
     if missing:
@@ -25,6 +28,8 @@ def new_model(args: TrainArgs, tokenizer) -> GenjoModelLM:
     if len(tokenizer) > args.vocab_size:
         raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but --vocab-size is {args.vocab_size}; "
                          f"pass --vocab-size {len(tokenizer)} or more.")  # fmt: skip
+    if args.num_experts:
+        return GenjoMoeModelLM(moe_config(args, ids))
     config = GenjoConfig(
         d_model=args.d_model,
         n_layers=args.n_layers,
@@ -35,16 +40,47 @@ def new_model(args: TrainArgs, tokenizer) -> GenjoModelLM:
         max_sequence_length=args.max_sequence_length,
         vocab_size=args.vocab_size,
         embedding_size=args.vocab_size,
-        mask_token_id=ids["mask_token_id"],
-        eos_token_id=ids["eos_token_id"],
-        pad_token_id=ids["pad_token_id"],
-        bos_token_id=ids["bos_token_id"],
-        eot_token_id=ids["eot_token_id"],
+        **config_token_ids(ids),
         init_fn="mitchell",
         precision="fp32",
         causal=OBJECTIVES[args.objective].causal,
     )
     return GenjoModelLM(config)
+
+
+def config_token_ids(ids: dict) -> dict:
+    """The special-token fields of a model config, from ``special_token_ids``."""
+    names = ("mask_token_id", "eos_token_id", "pad_token_id", "bos_token_id", "eot_token_id")
+    return {name: ids[name] for name in names}
+
+
+def moe_config(args: TrainArgs, ids: dict) -> GenjoMoeConfig:
+    """The mixture-of-experts config of args: LLaDA-MoE's block (qk-norm, softmax top-k router) at args' sizes.
+
+    Each expert's hidden size defaults to mlp_hidden_size / experts_per_token, so that a token meets as many MLP
+    weights as in the dense model of the same flags (the same active parameters, up to the router).
+    """
+    if OBJECTIVES[args.objective].causal:
+        raise ValueError(f"--num-experts builds a bidirectional mask predictor; --objective {args.objective} trains "
+                         "causal models. Use --objective mdm, or --num-experts 0.")  # fmt: skip
+    if not 1 <= args.experts_per_token <= args.num_experts:
+        raise ValueError(f"--experts-per-token ({args.experts_per_token}) must be 1..--num-experts "
+                         f"({args.num_experts}).")  # fmt: skip
+    expert_size = args.expert_hidden_size or args.mlp_hidden_size // args.experts_per_token
+    return GenjoMoeConfig(
+        hidden_size=args.d_model,
+        num_hidden_layers=args.n_layers,
+        num_attention_heads=args.n_heads,
+        num_key_value_heads=args.n_heads,
+        dense_intermediate_size=args.mlp_hidden_size,
+        expert_intermediate_size=expert_size,
+        num_experts=args.num_experts,
+        num_experts_per_tok=args.experts_per_token,
+        rope_theta=args.rope_theta,
+        max_position_embeddings=args.max_sequence_length,
+        vocab_size=args.vocab_size,
+        **config_token_ids(ids),
+    )
 
 
 def load_training_tokenizer(folder):
@@ -57,13 +93,20 @@ def load_training_tokenizer(folder):
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
 
 
-def load_training_model(folder) -> GenjoModelLM:
-    """A Genjo or published-layout checkpoint in fp32, its config read without remote code."""
-    return GenjoModelLM.from_pretrained(str(folder), config=load_config(str(folder)), dtype=torch.float32)
+def load_training_model(folder):
+    """A Genjo or published-layout checkpoint (dense or LLaDA-MoE) in fp32, its config read without remote code."""
+    config = load_config(str(folder))
+    return model_class(config).from_pretrained(str(folder), config=config, dtype=torch.float32)
 
 
-def enable_gradient_checkpointing(model: GenjoModelLM) -> None:
-    """Recompute each GenjoBlock's activations in the backward pass instead of keeping them.
+def model_blocks(model) -> torch.nn.ModuleList:
+    """The blocks of a GenjoModelLM (``model.transformer.blocks``) or a GenjoMoeModelLM (``model.layers``)."""
+    inner = model.model
+    return inner.layers if isinstance(model, GenjoMoeModelLM) else inner.transformer.blocks
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each block's activations (GenjoBlock, GenjoMoeBlock) in the backward pass instead of keeping them.
 
     Memory for activations drops from one set per block to one block's worth, for about one more
     forward pass of compute. Gradients are unchanged.
@@ -75,7 +118,7 @@ def enable_gradient_checkpointing(model: GenjoModelLM) -> None:
             return forward(*args, **kwargs)
         return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
-    for block in model.model.transformer.blocks:
+    for block in model_blocks(model):
         block.forward = functools.partial(checkpointed, block.forward)
 
 

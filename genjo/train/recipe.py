@@ -25,8 +25,12 @@ RECIPE_SFT = [  # three stages, each starting from the previous one's final weig
 ]  # fmt: skip
 
 
-def reproduce_tiny_models(run_root: str, export_root: Optional[str] = None, seed: int = 0, scale: float = 1.0) -> None:
+def reproduce_tiny_models(run_root: str, export_root: Optional[str] = None, seed: int = 0, scale: float = 1.0,
+                          experts: Optional[dict] = None) -> None:  # fmt: skip
     """Reproduce the shipped checkpoints: pre-train the base model, then SFT the instruct model.
+
+    experts: optional {num_experts, experts_per_token, expert_hidden_size}: the same recipe for a mixture-of-experts
+    model of the tiny model's active size (``--num-experts 8 --experts-per-token 2``), exported under the same names.
 
     The models are exported to export_root/genjo-tiny-base and export_root/genjo-tiny-instruct
     (default export_root: run_root); the instruct model's config.json gets tinyworld.SAMPLER_DEFAULTS as its
@@ -37,7 +41,7 @@ def reproduce_tiny_models(run_root: str, export_root: Optional[str] = None, seed
     def scaled(stage: dict) -> dict:
         return {k: int(v * scale) if k in ("steps", "stop_at") else v for k, v in stage.items()}
 
-    base = train(TrainArgs(stage="pretrain", run_dir=f"{run_root}/base", seed=seed,
+    base = train(TrainArgs(stage="pretrain", run_dir=f"{run_root}/base", seed=seed, **(experts or {}),
                            export=f"{export_root}/genjo-tiny-base", **scaled(RECIPE_PRETRAIN)))  # fmt: skip
     init = base
     for number, stage in enumerate(RECIPE_SFT, start=1):
