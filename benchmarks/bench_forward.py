@@ -197,7 +197,8 @@ def dry_run(config, dtype: torch.dtype, args) -> None:
             f"| {gen} | {T} | {T * kv_per_token / gib:.2f} GiB | {full / gib:.2f} GiB | {2 * full / gib:.2f} GiB | "
             f"{block / 2**20:.0f} MiB | {(2 * block + args.block_length * V * 4) / 2**20:.0f} MiB |"
         )
-    long_context_table(config, item, parameters, args)
+    if isinstance(config, GenjoConfig) and getattr(args, "context_lengths", None):  # the dense model's layout
+        long_context_table(config, item, parameters, args)
 
 
 def forward_activation_bytes(config: GenjoConfig, tokens: int, item: int) -> int:

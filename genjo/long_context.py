@@ -103,6 +103,9 @@ def extend_context(config, context_length: int, rope_scaling=DEFAULT_ROPE_SCALIN
     """
     check_context_length(context_length)
     rope_scaling = check_rope_scaling(rope_scaling)
+    if not hasattr(config, "rope_base"):  # a config whose model would not read the extended base
+        raise ValueError(f"context extension is implemented for the dense Genjo architecture; this checkpoint's "
+                         f"config ({type(config).__name__}) does not take it: drop --context-length.")  # fmt: skip
     record = dict(getattr(config, "rope_extension", None) or {})
     current = float(record.get("factor", 1.0))
     train_length = int(record.get("train_length", config.max_sequence_length))

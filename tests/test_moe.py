@@ -442,3 +442,10 @@ def test_moe_forward_flops_equal_torch_flop_counter(moe):
         with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             run()
         assert counter.get_total_flops() == 2 * bench_forward.forward_flops(config, queries, keys, queries), name
+
+
+def test_context_extension_is_refused_for_the_moe_config_rather_than_ignored():
+    from genjo.long_context import extend_context
+
+    with pytest.raises(ValueError, match="context extension is implemented for the dense Genjo architecture"):
+        extend_context(GenjoMoeConfig(), 16384)
