@@ -431,3 +431,27 @@ def wait_for_http(url: str, server: subprocess.Popen, log_path, timeout: float =
         except OSError:
             time.sleep(0.5)
     raise AssertionError(f"app.py did not answer within {timeout} s:\n{open(log_path).read()}")
+
+
+# Rectangles [left, top, right, bottom] of the chat and of the denoising panel, and the chat's placeholder.
+PANELS_JS = """() => [...['#chatbot', '#vis'].map(s => { const r = document.querySelector(s).getBoundingClientRect();
+  return [r.left, r.top, r.right, r.bottom]; }), document.querySelector('#chatbot').innerText]"""
+
+
+@pytest.mark.slow
+def test_the_placeholder_says_where_the_denoising_panel_is_at_desktop_and_phone_widths(scripted_page):
+    """The empty chat's text places the panel "beside the chat or below it on a narrow screen": check both."""
+    sync_api = require_chromium()
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        layouts = {}
+        for width in (1280, 420):
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.goto(scripted_page, wait_until="load")
+            page.wait_for_selector("#vis")
+            layouts[width] = page.evaluate(PANELS_JS)
+        browser.close()
+    (chat, vis, text), (phone_chat, phone_vis, phone_text) = layouts[1280], layouts[420]
+    assert "Denoising Process Visualization" in text and "below it on a narrow screen" in phone_text
+    assert vis[0] >= chat[2] and vis[1] < chat[3], f"not beside the chat at 1280 px: chat {chat}, panel {vis}"
+    assert phone_vis[1] >= phone_chat[3], f"not below the chat at 420 px: chat {phone_chat}, panel {phone_vis}"
