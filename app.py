@@ -74,7 +74,10 @@ CSS = """
 #send { min-width: 6em; }
 """
 TITLE = "# Genjo - Large Language Diffusion Model Demo"
-PLACEHOLDER = "Type a question or pick an example, then **Send**: the answer is denoised live on the right."
+PLACEHOLDER = (  # the panel sits beside the chat on a wide screen and below it on a narrow one
+    "Type a question or pick an example, then **Send**: the answer is denoised live in the "
+    "**Denoising Process Visualization** panel, beside the chat or below it on a narrow screen."
+)
 CONSTRAINTS_INFO = (
     "Comma-separated position:word pairs that fix words in the answer. A position counts tokens from the "
     "start of the answer (0 = its first token); a word may take several tokens and then also fills the "

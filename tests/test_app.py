@@ -455,3 +455,27 @@ def test_the_constraint_example_puts_back_what_the_model_drops(tiny_tokenizer):
                                                       constraints=parse_constraints(constraints))  # fmt: skip
     assert (free, steered) == ("golf foxtrot echo bravo alpha", "golf foxtrot echo delta charlie")
     assert f'"{free}"' in app.TINY_CONSTRAINT_EXAMPLE and f'"{steered}"' in app.TINY_CONSTRAINT_EXAMPLE
+
+
+# Rectangles [left, top, right, bottom] of the chat and of the denoising panel, and the chat's placeholder.
+PANELS_JS = """() => [...['#chatbot', '#vis'].map(s => { const r = document.querySelector(s).getBoundingClientRect();
+  return [r.left, r.top, r.right, r.bottom]; }), document.querySelector('#chatbot').innerText]"""
+
+
+@pytest.mark.slow
+def test_the_placeholder_says_where_the_denoising_panel_is_at_desktop_and_phone_widths(scripted_page):
+    """The empty chat's text places the panel "beside the chat or below it on a narrow screen": check both."""
+    sync_api = require_chromium()
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        layouts = {}
+        for width in (1280, 420):
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.goto(scripted_page, wait_until="load")
+            page.wait_for_selector("#vis")
+            layouts[width] = page.evaluate(PANELS_JS)
+        browser.close()
+    (chat, vis, text), (phone_chat, phone_vis, phone_text) = layouts[1280], layouts[420]
+    assert "Denoising Process Visualization" in text and "below it on a narrow screen" in phone_text
+    assert vis[0] >= chat[2] and vis[1] < chat[3], f"not beside the chat at 1280 px: chat {chat}, panel {vis}"
+    assert phone_vis[1] >= phone_chat[3], f"not below the chat at 420 px: chat {phone_chat}, panel {phone_vis}"

@@ -22,6 +22,9 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--style", choices=STYLES, default="box", help="box (paper) or text (article) (default: %(default)s)"
     )
+    parser.add_argument(
+        "--prompt", help="the question shown in the header (default: the trajectory's own; none for a .txt log)"
+    )
     parser.add_argument("--html", help="write a self-contained HTML page here (default: none)")
     parser.add_argument("--grid", help="write a PNG grid of --grid-steps here (default: none)")
     parser.add_argument("--grid-steps", type=int, nargs="+", help="steps in the grid (default: 6 evenly spaced)")
@@ -43,6 +46,8 @@ def main(argv=None) -> None:
         parser.error("nothing to do: give at least one of --html, --grid, --gif, --frames-dir.")
 
     trajectory = load(args.trajectory)
+    if args.prompt is not None:
+        trajectory.prompt = args.prompt
     if args.html:
         with open(args.html, "w", encoding="utf-8") as f:
             f.write(render_html(trajectory, args.style))
