@@ -3,10 +3,12 @@
 import argparse
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from .checks import check_int
 from .long_context import DEFAULT_ROPE_SCALING, ROPE_SCALINGS, check_context_length, check_rope_scaling, extend_context
@@ -200,6 +202,25 @@ def set_cpu_threads(model, threads: Optional[int] = None, on_cpu: Optional[bool]
     return chosen
 
 
+# Below this many bytes of weights a checkpoint loads in a blink: no "Loading weights" progress bar for it.
+PROGRESS_BAR_BYTES = 100 * 2**20
+
+
+@contextmanager
+def weights_progress_bar(path: str):
+    """transformers' "Loading weights" bar only for a local checkpoint large enough to take a while (or a hub id)."""
+    folder = Path(path)
+    small = folder.is_dir() and sum(f.stat().st_size for f in folder.glob("*.safetensors")) < PROGRESS_BAR_BYTES
+    was_on = hf_logging.is_progress_bar_enabled()
+    if small and was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if small and was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(
     name_or_path: Optional[str] = None,
     device: Union[str, torch.device, None] = None,
@@ -240,16 +261,19 @@ def load_model(
     if context_length is not None:
         extend_context(config, context_length, rope_scaling)
     model_cls = model_class(config)
-    if device_map is None:
-        device = torch.device(device) if device is not None else default_device()
-        dtype = dtype or default_dtype(device)
-        model = model_cls.from_pretrained(path, config=config, dtype=dtype).to(device).eval()
-    else:
-        if device is not None:
-            raise ValueError("Pass device or device_map, not both (device_map places the model itself).")
-        dtype = dtype or default_dtype(default_device())
-        kwargs = {k: v for k, v in dict(max_memory=max_memory, offload_folder=offload_folder).items() if v is not None}
-        model = model_cls.from_pretrained(path, config=config, dtype=dtype, device_map=device_map, **kwargs).eval()
+    if device_map is not None and device is not None:
+        raise ValueError("Pass device or device_map, not both (device_map places the model itself).")
+    with weights_progress_bar(path):
+        if device_map is None:
+            device = torch.device(device) if device is not None else default_device()
+            dtype = dtype or default_dtype(device)
+            model = model_cls.from_pretrained(path, config=config, dtype=dtype).to(device).eval()
+        else:
+            dtype = dtype or default_dtype(default_device())
+            kwargs = dict(max_memory=max_memory, offload_folder=offload_folder)
+            kwargs = {name: value for name, value in kwargs.items() if value is not None}
+            model = model_cls.from_pretrained(path, config=config, dtype=dtype, device_map=device_map, **kwargs)
+            model = model.eval()
     set_cpu_threads(model, threads)
     if not with_tokenizer:
         return model

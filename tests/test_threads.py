@@ -87,3 +87,16 @@ def test_importing_genjo_leaves_threads_alone():
     assert result.returncode == 0, result.stderr[-2000:]
     before, after = result.stdout.split()[-2:]
     assert before == after
+
+
+def test_a_small_checkpoint_loads_without_the_weights_progress_bar(capfd):
+    """A 2 MB model printed "Loading weights 57/57" in every script; the bar stays for large checkpoints."""
+    from transformers.utils import logging as hf_logging
+
+    from genjo.loading import DEFAULT_MODEL, load_model, weights_progress_bar
+
+    load_model(DEFAULT_MODEL, device="cpu", with_tokenizer=False)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # restored afterwards
+    with weights_progress_bar("some-org/some-hub-id"):  # not a local folder: the bar stays on
+        assert hf_logging.is_progress_bar_enabled()
