@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 from lm_eval.api.registry import register_model
 
+from genjo.cli import run_command
 from genjo.eval_harness import ChatPrompt, GenjoEvalHarness
 from genjo.eval_settings import SEED
 
@@ -84,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

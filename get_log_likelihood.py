@@ -13,6 +13,7 @@ import argparse
 import torch
 
 from genjo.chat_format import encode_plain
+from genjo.cli import run_command
 from genjo.likelihood import (  # noqa: F401 - re-exported for `from get_log_likelihood import ...`
     get_log_likelihood,
     get_log_likelihoods,
@@ -52,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

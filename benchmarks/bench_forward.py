@@ -31,6 +31,7 @@ import time
 import torch
 
 from genjo import GenjoConfig, GenjoModelLM
+from genjo.cli import run_command
 from genjo.loading import DEFAULT_MODEL, default_device, default_dtype, load_config
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0}  # dense, no sparsity
@@ -230,4 +231,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -17,6 +17,7 @@ import json
 import random
 
 from genjo import tinyworld
+from genjo.cli import run_command
 
 # Sorting, the task nearest to doubling (a list of digits in, a list of digits out), is the one the model
 # forgets first: it gets the largest share of the model's own tasks in the file.
@@ -94,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)
