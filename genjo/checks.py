@@ -47,9 +47,9 @@ def check_int(name: str, value, minimum: Optional[int] = None) -> int:
 
 def check_number(name: str, value, meaning: str = "") -> float:
     """value as a Python number, or a ValueError unless it is a finite real number (an int or a float, or a
-    0-d tensor of one; not a bool, NaN or inf)."""
+    0-d tensor of one; not NaN or inf)."""
     value = as_scalar(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number; got {value!r} ({type(value).__name__}).{meaning}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number; got {value}.{meaning}")
