@@ -182,6 +182,12 @@ def test_the_shuffle_buffer_holds_one_epoch_of_line_positions(tmp_path, tokenize
     assert len(state["buffer"]) == 49 and all(len(entry) == 4 for entry in state["buffer"])
     assert all(isinstance(v, int) for entry in state["buffer"] for v in entry)
     assert len(pickle.dumps(state)) < 10_000  # before: 999 records
+    # a state saved by the earlier version held the records themselves: it still resumes, at the same lines
+    legacy = {**state, "buffer": [[{"text": "..."}, f"{path}:{line}", epoch] for _, _, line, epoch in state["buffer"]]}
+    resumed = [JsonlStream([str(path)], "text", shuffle_buffer=1000, seed=1) for _ in range(2)]
+    resumed[0].load_state_dict(state)
+    resumed[1].load_state_dict(legacy)
+    assert [next(resumed[0]) for _ in range(60)] == [next(resumed[1]) for _ in range(60)]
     with pytest.raises(ValueError, match="does not fit"):
         JsonlStream([str(tmp_path / "other.jsonl")], "text").load_state_dict(state)
 

@@ -86,15 +86,12 @@ class JsonlStream:
         try:
             epoch, file_index, offset = int(state["epoch"]), int(state["file_index"]), int(state["offset"])
             line_no, kept = int(state["line_no"]), int(state["kept_this_epoch"])
-            buffer = [[int(v) for v in entry] for entry in state["buffer"]]
+            buffer = self._positions(state["buffer"])
             rng = _as_tuples(state["rng"])
             random.Random().setstate(rng)
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, IndexError) as error:
             raise ValueError(f"the saved data position is incomplete or malformed ({type(error).__name__}: "
                              f"{error}).") from None  # fmt: skip
-        if any(len(entry) != 4 for entry in buffer):
-            raise ValueError("the saved shuffle buffer is not a list of [file, offset, line, epoch] positions (a "
-                             "state of another version); start the run again with --no-resume.")  # fmt: skip
         for index, position in [(file_index, offset), *((entry[0], entry[1]) for entry in buffer)]:
             if index == len(self.files) and position == 0:
                 continue  # the end of an epoch
@@ -105,6 +102,30 @@ class JsonlStream:
         self.epoch, self.file_index, self.offset, self.line_no = epoch, file_index, offset, line_no
         self.buffer, self._kept_this_epoch = buffer, kept
         self.rng.setstate(rng)
+
+    def _positions(self, saved: list) -> list[list[int]]:
+        """The saved buffer as [file index, offset, line, epoch] entries. A state of an earlier version held
+        the records themselves, [record, "path:line", epoch]: their lines are found again in the files."""
+        if all(len(entry) == 4 for entry in saved):
+            return [[int(v) for v in entry] for entry in saved]
+        wanted: dict[int, set[int]] = {}  # file index -> line numbers of the old entries
+        for _, location, _ in saved:
+            path, line = location.rsplit(":", 1)
+            wanted.setdefault(self.files.index(path), set()).add(int(line))
+        offsets: dict[tuple[int, int], int] = {}
+        for index, lines in wanted.items():
+            with open(self.files[index], "rb") as handle:
+                offset = 0
+                for number, raw in enumerate(handle, start=1):
+                    if number in lines:
+                        offsets[index, number] = offset
+                    offset += len(raw)
+        positions = []
+        for _, location, epoch in saved:
+            path, line = location.rsplit(":", 1)
+            index = self.files.index(path)
+            positions.append([index, offsets[index, int(line)], int(line), int(epoch)])
+        return positions
 
     def _close(self) -> None:
         for handle in [self._handle, *self._readers.values()]:
