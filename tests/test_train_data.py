@@ -222,7 +222,8 @@ def test_one_large_document_trains_in_bounded_memory(tmp_path):
     assert state_bytes < 2 * path.stat().st_size  # the carried tokens of the one document, not 1,000 copies
 
 
-def test_a_corrupt_training_state_is_named_on_resume(tmp_path):
+def test_a_corrupt_training_state_is_named_on_resume(files, tmp_path):
+    """Before: RuntimeError (PytorchStreamReader), EOFError, KeyError 'data' / 'records'."""
     run = tmp_path / "run"
     tiny = {**TINY, "save_every": 1, "batch_size": 4, "warmup_steps": 1}
     args = dict(stage="pretrain", run_dir=str(run), steps=2, seq_len=16, **tiny)
@@ -241,6 +242,9 @@ def test_a_corrupt_training_state_is_named_on_resume(tmp_path):
             state_file.write_bytes(corrupt)
         with pytest.raises(ValueError, match=f"training_state.pt {message}|training_state.pt is {message}"):
             train(TrainArgs(**{**args, "resume": True, "steps": 3}))
+    state_file.write_bytes(good)  # a tiny-world run's state resumed with --data: no file position in it
+    with pytest.raises(ValueError, match="training_state.pt: the saved data position does not fit this run"):
+        train(TrainArgs(**{**args, "resume": True, "steps": 3, "data": str(files / "text.jsonl")}))
 
 
 def test_sft_rows_from_a_file_keep_the_prompt_and_pad_with_eos(files, tokenizer):
