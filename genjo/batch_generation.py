@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from .chat_format import encode_chat
 from .sampling import GenerationStats, generate
 from .settings import is_stochastic
-from .storage import decode_line, read_lines, write_text_atomic
+from .storage import read_lines, write_text_atomic
 
 DEFAULT_SEED = 1234
 DEFAULT_BATCH_SIZE = 8
@@ -315,10 +315,7 @@ def stored_answers(paths: Sequence[Path]) -> list[tuple[dict, str]]:
     for path in paths:
         if not path.is_file():
             continue
-        data = path.read_bytes()
-        complete = data.split(b"\n")[:-1]  # the part after the last newline is empty or an interrupted write
-        for number, raw in enumerate(complete, start=1):
-            line = decode_line(raw, f"{path}, line {number}")
+        for number, line in enumerate(read_lines(path, complete_only=True), start=1):
             if not line.strip():
                 continue
             try:

@@ -144,15 +144,6 @@ def replacing_folder(folder: Union[str, Path]) -> Iterator[Path]:
 # ----------------------------------------------------------------------------- JSON lines
 
 
-def split_lines(text: str) -> list[str]:
-    """The lines of JSON-lines text: split at "\\n" only, a trailing "\\r" dropped from each line; a final
-    newline does not start another line. U+2028, U+2029, U+0085, form feeds ... stay inside their line."""
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
-
-
 def decode_line(raw: bytes, where: str) -> str:
     """One line of a file as text (UTF-8; a UTF-8 byte-order mark and the "\\n" / "\\r\\n" end dropped).
 
@@ -170,10 +161,12 @@ def decode_line(raw: bytes, where: str) -> str:
                          "save the file as UTF-8.") from None  # fmt: skip
 
 
-def read_lines(path: Union[str, Path]) -> list[str]:
-    """The lines of a UTF-8 JSON-lines file (``split_lines``' rule), each decoded by ``decode_line``."""
-    data = Path(path).read_bytes()
-    raw_lines = data.split(b"\n")
-    if raw_lines and raw_lines[-1] == b"":
-        raw_lines.pop()
+def read_lines(path: Union[str, Path], complete_only: bool = False) -> list[str]:
+    """The lines of a UTF-8 JSON-lines file, split at b"\\n" only (a final newline ends the last line rather
+    than starting another), each decoded by ``decode_line``. complete_only: drop a last line without its
+    newline (the interrupted write of a file that is appended to). Streaming readers read a line with a
+    binary ``readline()``, which splits the same way, and decode it with ``decode_line``."""
+    raw_lines = Path(path).read_bytes().split(b"\n")
+    if raw_lines[-1] == b"" or complete_only:
+        raw_lines.pop()  # after the last newline: nothing, or an interrupted line
     return [decode_line(raw, f"{path}, line {number}") for number, raw in enumerate(raw_lines, start=1)]
