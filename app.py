@@ -19,6 +19,9 @@ turns always alternate. Text a user types that spells a special token (``<|eot_i
 the prompt. Single-turn models (the embedded tiny ones) are sent the last question only, by default
 (``genjo.chat_format.conversation_messages``).
 
+The page takes no files, so the server refuses every upload (``NoUploads``; Gradio keeps its upload
+routes open otherwise, and stores what is posted there): launch with ``launch(demo, ...)``.
+
 The model is loaded in ``main()``, so ``import app`` is cheap; ``build_demo(model, tokenizer)`` makes the
 page for any loaded model. Sliders start at the checkpoint's own sampler settings, else at the fallbacks of
 ``genjo.settings`` (clamped into the slider's range).
@@ -33,6 +36,7 @@ from collections.abc import Callable, Iterator
 from typing import Optional
 
 from genjo.chat_format import conversation_messages, is_single_turn
+from genjo.cli import run_command
 from genjo.constraints import (  # noqa: F401 - re-exported for `from app import ...`
     ConstrainedModel,
     constraint_token_ids,
@@ -305,7 +309,7 @@ def slider_values(model) -> dict:
 
 
 def build_demo(model, tokenizer, device=None, name: Optional[str] = None, examples=None, multi_turn=None):
-    """The Gradio Blocks for a loaded model. Launch with demo.queue().launch(css=CSS).
+    """The Gradio Blocks for a loaded model. Launch with ``launch(demo.queue(), css=CSS)`` (uploads refused).
 
     name: shown in the model line (default: the checkpoint's name). examples: (message, constraints)
     pairs (default: prompts the tiny-world models answer for them, general ones otherwise). multi_turn:
@@ -388,6 +392,35 @@ def build_demo(model, tokenizer, device=None, name: Optional[str] = None, exampl
     return demo
 
 
+class NoUploads:
+    """ASGI middleware that refuses every file upload with 403 before Gradio reads a byte of it.
+
+    The page takes text, sliders and buttons only, yet Gradio's server keeps its upload routes
+    (``/gradio_api/upload``, ...) open, and stores whatever is posted there in its temporary folder. Every
+    upload is a ``multipart/form-data`` request; none of the page's own requests is one (they send JSON).
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
+            if content_type.lower().startswith(b"multipart/"):
+                from starlette.responses import PlainTextResponse
+
+                await PlainTextResponse("This demo takes no file uploads.", status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def launch(demo, **kwargs):
+    """``demo.launch(**kwargs)`` with uploads refused (NoUploads); returns what launch returns."""
+    from starlette.middleware import Middleware
+
+    return demo.launch(app_kwargs={"middleware": [Middleware(NoUploads)]}, **kwargs)
+
+
 def main(argv=None) -> None:
     from genjo.loading import add_model_arguments, load_from_args
 
@@ -401,8 +434,8 @@ def main(argv=None) -> None:
     print(f"Using device: {model.device}", flush=True)
     demo = build_demo(model, tokenizer, name=args.model)
     demo.queue(max_size=32, default_concurrency_limit=1)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS, ssr_mode=False)
+    launch(demo, server_name=args.host, server_port=args.port, share=args.share, css=CSS, ssr_mode=False)
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -34,6 +34,7 @@ from typing import Optional
 import torch
 
 from genjo.chat_format import is_single_turn, user_turn_ids
+from genjo.cli import run_command
 from genjo.loading import add_model_arguments, load_from_args
 from genjo.sampling import check_canvas, check_prompt, check_sampler_settings, generate
 from genjo.settings import CORE_SETTINGS, FALLBACKS, SETTINGS, add_sampler_arguments, resolve_sampler_settings
@@ -272,4 +273,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

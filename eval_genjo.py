@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 from lm_eval.api.registry import register_model
 
+from genjo.cli import run_command
 from genjo.eval_harness import ChatPrompt, GenjoEvalHarness, quiet_custom_dataset_hint
 from genjo.eval_settings import SEED
 
@@ -86,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

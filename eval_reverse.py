@@ -26,14 +26,15 @@ per step, greedy: pass ``--gen-length 28 --steps 28 --block-length 28`` to match
 
 import argparse
 import json
-from pathlib import Path
 from typing import Optional
 
+from genjo.cli import run_command
 from genjo.evaluation import answer_questions
 from genjo.loading import add_model_arguments, load_from_args
 from genjo.reversal import complete
 from genjo.sampling import check_sampler_settings
 from genjo.settings import CORE_SETTINGS, add_sampler_arguments, resolve_sampler_settings
+from genjo.storage import read_lines
 
 # (forward question, reverse question, instruction appended to both); {text} is the given line.
 PROMPT_FORMATS = {
@@ -51,14 +52,17 @@ SAMPLER_NAMES = (*CORE_SETTINGS, "logits_eos_inf", "confidence_eos_eot_inf")
 
 
 def load_pairs(path: str) -> list[dict]:
-    """The pairs of a JSON list or a JSONL file; ValueError naming the item that is not a pair of strings."""
-    text = Path(path).read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        items = [(f"item {i}", item) for i, item in enumerate(json.loads(stripped))]
+    """The pairs of a JSON list or a JSONL file; ValueError naming the item that is not a pair of non-empty
+    strings (an empty expected line would be "contained" in every output and scored correct)."""
+    lines = read_lines(path)
+    if "".join(lines).lstrip().startswith("["):
+        try:
+            items = [(f"item {i}", item) for i, item in enumerate(json.loads("\n".join(lines)))]
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not a JSON list ({error.msg} at line {error.lineno}).") from None
     else:
         items = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(lines, start=1):
             if line.strip():
                 try:
                     items.append((f"line {number}", json.loads(line)))
@@ -69,6 +73,9 @@ def load_pairs(path: str) -> list[dict]:
             raise ValueError(
                 f'{path}, {where}: expected {{"first": "...", "second": "..."}} (two strings), got {item!r}.'
             )
+        empty = [key for key in ("first", "second") if not item[key].strip()]
+        if empty:
+            raise ValueError(f"{path}, {where}: '{empty[0]}' is empty; every pair needs two non-empty lines of text.")
     if not items:
         raise ValueError(f"{path} holds no pairs.")
     return [item for _, item in items]
@@ -213,4 +220,4 @@ def main(argv: Optional[list[str]] = None) -> dict[str, dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -14,6 +14,7 @@ The sampler itself lives in ``genjo.sampling``; this script re-exports it, so no
 import argparse
 
 from genjo.batch_generation import DEFAULT_BATCH_SIZE, DEFAULT_SEED, answer_records, generate_file, process_info
+from genjo.cli import run_command
 from genjo.loading import add_model_arguments, load_from_args
 from genjo.sampling import (  # noqa: F401 - re-exported for `from generate import ...`
     CACHES,
@@ -94,4 +95,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -14,6 +14,7 @@ import argparse
 import torch
 
 from genjo.chat_format import encode_plain
+from genjo.cli import run_command
 from genjo.likelihood import (  # noqa: F401 - re-exported for `from get_log_likelihood import ...`
     get_log_likelihood,
     get_log_likelihoods,
@@ -67,4 +68,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -21,6 +21,7 @@ import torch
 
 from genjo import tinyworld
 from genjo.batch_generation import generate_file
+from genjo.cli import run_command
 from genjo.loading import add_model_arguments, load_from_args
 from genjo.settings import resolve_sampler_settings
 
@@ -81,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -34,6 +34,7 @@ import time
 import torch
 
 from genjo import GenjoConfig, GenjoModelLM
+from genjo.cli import run_command
 from genjo.configuration_genjo_moe import GenjoMoeConfig
 from genjo.loading import DEFAULT_MODEL, default_device, default_dtype, load_config, model_class
 from genjo.long_context import rope_scaling_factor
@@ -314,4 +315,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from genjo.cli import run_command
 from genjo.likelihood import get_log_likelihoods
 from genjo.loading import DEFAULT_BASE_MODEL, add_model_arguments, load_from_args
 
@@ -173,4 +174,4 @@ def print_variance_reduction(model, tokenizer, docs, args) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

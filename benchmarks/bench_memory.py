@@ -226,4 +226,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from genjo.cli import run_command  # here: importing genjo loads transformers
+
+    run_command(main)

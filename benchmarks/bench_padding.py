@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from genjo import tinyworld
 from genjo.chat_format import question_batch
+from genjo.cli import run_command
 from genjo.loading import add_model_arguments, load_from_args
 from genjo.sampling import generate
 from genjo.settings import add_sampler_arguments, resolve_sampler_settings
@@ -72,4 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -19,6 +19,7 @@ import torch
 
 from genjo import tinyworld
 from genjo.chat_format import question_batch
+from genjo.cli import run_command
 from genjo.loading import add_model_arguments, load_from_args
 from genjo.sampling import GenerationStats, generate
 
@@ -110,4 +111,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

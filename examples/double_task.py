@@ -18,6 +18,7 @@ import os
 import random
 
 from genjo import tinyworld
+from genjo.cli import run_command
 
 # Sorting, the task nearest to doubling (a list of digits in, a list of digits out), is the one the model
 # forgets first: it gets the largest share of the model's own tasks in the file.
@@ -96,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

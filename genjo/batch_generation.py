@@ -12,16 +12,20 @@ lines are skipped. Output: the input object plus ``answer`` (decoded, special to
 A run:
 1. Every line is read, checked and tokenized before anything is generated: a bad line is a
    ValueError naming its line number.
-2. Requests whose id is already in the output file (or in the shards of an interrupted
-   multi-process run) are kept exactly as they are; the others are sorted by prompt length (longest
-   first, so memory runs out at the first batch if it runs out at all) and cut into batches of
-   ``batch_size``, left-padded with attention masks.
+2. Requests already answered in the output file (or in the shards of an interrupted
+   multi-process run) are kept exactly as they are: an answer line is kept when, without its
+   ``answer``, it equals its request's line (with the id it was given); a request whose line changed
+   since (e.g. a line inserted above lines without ids shifts their ids) is answered again, and the
+   run says so. The others are sorted by prompt length (longest first, so memory runs out at the
+   first batch if it runs out at all) and cut into batches of ``batch_size``, left-padded with
+   attention masks. The output's folder and file are checked for writing before that.
 3. Batch k goes to process k mod N. The batches are the same for any number of processes N, so the
    answers are too, bit for bit.
 4. Each process appends a batch's answers as soon as it finishes: to the output file itself in a
    single process, to its own shard ``<output>.part<rank>`` under ``accelerate launch`` (several
    processes never write to one file). An interrupted run loses at most one batch per process.
-5. At the end the main process rewrites the output file in input order and removes the shards.
+5. At the end the main process rewrites the output file in input order (written beside it, then
+   renamed over it) and removes the shards.
 
 Which rows may share a batch: at temperature 0 with ``low_confidence`` remasking the sampler draws no
 random numbers and each row of a left-padded batch gets the tokens it would get alone, so prompts
@@ -34,6 +38,7 @@ thus do not depend on the batch size, the order of the file or the number of pro
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
@@ -48,6 +53,7 @@ from tqdm.auto import tqdm
 from .chat_format import encode_chat
 from .sampling import GenerationStats, generate
 from .settings import is_stochastic
+from .storage import read_lines, write_text_atomic
 
 DEFAULT_SEED = 1234
 DEFAULT_BATCH_SIZE = 8
@@ -161,9 +167,11 @@ def encode_requests(requests: list[Request], tokenizer, gen_length: int, max_len
 def read_requests(path: Union[str, Path], tokenizer, gen_length: int, max_length: Optional[int] = None):
     """Every request of a JSONL file, checked and tokenized (ValueError naming the first bad line)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--input {path} is a folder; give the JSONL file of requests inside it.")
     if not path.is_file():
         raise ValueError(f"--input {path} does not exist.")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_lines(path)
     return encode_requests(parse_records(lines, str(path)), tokenizer, gen_length, max_length, str(path))
 
 
@@ -296,21 +304,18 @@ def shard_paths(output: Path) -> list[Path]:
     return sorted(shards, key=lambda p: int(p.name[len(prefix) :]))
 
 
-def read_finished(paths: Sequence[Path]) -> dict[RequestId, str]:
-    """id -> its output line (text, without the newline) of every finished request in these files.
+def stored_answers(paths: Sequence[Path]) -> list[tuple[dict, str]]:
+    """(object, line) of every complete answer line of these files, in file order; the object without its
+    'answer' is the request it answers.
 
-    A last line without a newline is an interrupted write and is ignored (it will be answered again);
-    the first occurrence of an id wins. Any other line that is not an object with 'id' and 'answer' is
-    a ValueError naming it.
+    A last line without a newline is an interrupted write and is ignored (it will be answered again). Any
+    other line that is not an object with 'id' and 'answer' is a ValueError naming it.
     """
-    finished = {}
+    stored = []
     for path in paths:
         if not path.is_file():
             continue
-        text = path.read_text(encoding="utf-8")
-        lines = text.split("\n")
-        complete = lines[:-1]  # the part after the last newline is empty or an interrupted write
-        for number, line in enumerate(complete, start=1):
+        for number, line in enumerate(read_lines(path, complete_only=True), start=1):
             if not line.strip():
                 continue
             try:
@@ -320,8 +325,58 @@ def read_finished(paths: Sequence[Path]) -> dict[RequestId, str]:
             if not isinstance(record, dict) or "id" not in record or "answer" not in record:
                 raise ValueError(f"{path}, line {number}: not an answer line (a JSON object with 'id' and 'answer'); "
                                  "is --output the right file?")  # fmt: skip
-            finished.setdefault(record["id"], line)
-    return finished
+            stored.append((record, line))
+    return stored
+
+
+def read_finished(paths: Sequence[Path], requests: list[Request]) -> tuple[dict[RequestId, str], list[Request]]:
+    """The answers these files hold for the requests: ({id: output line}, the requests whose line changed).
+
+    A stored answer is kept only when it answers the same request: the stored object without 'answer'
+    equals the request's object (its input line, with the id it was given). A request whose id has stored
+    answers that all belong to another line (the input file was edited: a line inserted above lines without
+    ids shifts their ids) is "changed": it is answered again and its old answers are dropped. The first
+    matching line of an id wins. Ids that no request has are a ValueError (the output of another file).
+    """
+    by_id = {r.id: r for r in requests}
+    kept: dict[RequestId, str] = {}
+    stale: set = set()
+    for record, line in stored_answers(paths):
+        request = by_id.get(record["id"])
+        if request is None:
+            raise ValueError(f"{paths[0]} holds answers to ids that are not in the input (e.g. "
+                             f"{json.dumps(record['id'])}): it belongs to another input file; choose another "
+                             "--output.")  # fmt: skip
+        if {k: v for k, v in record.items() if k != "answer"} == request.record:
+            kept.setdefault(request.id, line)
+        else:
+            stale.add(request.id)
+    changed = [r for r in requests if r.id in stale and r.id not in kept]
+    return kept, changed
+
+
+def check_writable(output: Path, writer: Path) -> None:
+    """ValueError, before anything is generated, when the answers could not be written: the output's folder
+    is missing or read-only (the final rewrite puts a file beside the output), or the output or this
+    process's shard is a folder or cannot be opened for appending."""
+    if not output.parent.is_dir():
+        raise ValueError(f"the folder of --output ({output.parent}) does not exist.")
+    for path in dict.fromkeys([output, writer]):
+        if path.is_dir():
+            raise ValueError(f"--output {path} is a folder; give a file name (e.g. {path / 'answers.jsonl'}).")
+        existed = path.exists()
+        try:
+            open(path, "a", encoding="utf-8").close()
+        except OSError as error:
+            raise ValueError(f"--output {path} cannot be written ({error.strerror}); choose a writable "
+                             "file.") from None  # fmt: skip
+        if not existed:
+            path.unlink()
+    try:
+        tempfile.TemporaryFile(dir=output.parent).close()
+    except OSError as error:
+        raise ValueError(f"the folder of --output ({output.parent}) is not writable ({error.strerror}); "
+                         "choose another folder.") from None  # fmt: skip
 
 
 def _append(path: Path, lines: list[str]) -> None:
@@ -334,19 +389,18 @@ def _append(path: Path, lines: list[str]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write("".join(line + "\n" for line in lines))
         f.flush()
+        os.fsync(f.fileno())  # an answer counted as finished is on the disk
 
 
 def _merge(output: Path, requests: list[Request]) -> None:
     """Rewrite output with every request's line in input order (atomically), then remove the shards."""
     shards = shard_paths(output)
-    finished = read_finished([output, *shards])
+    finished, _ = read_finished([output, *shards], requests)
     missing = [r.line for r in requests if r.id not in finished]
     if missing:
         raise ValueError(f"no answer was written for input line(s) {missing[:10]}; run the command again to "
                          "answer them.")  # fmt: skip
-    tmp = output.with_name(output.name + ".tmp")
-    tmp.write_text("".join(finished[r.id] + "\n" for r in requests), encoding="utf-8")
-    os.replace(tmp, output)
+    write_text_atomic(output, "".join(finished[r.id] + "\n" for r in requests))
     for shard in shards:
         shard.unlink()
 
@@ -355,6 +409,7 @@ def _merge(output: Path, requests: list[Request]) -> None:
 class RunSummary:
     requests: int  # in the input file
     kept: int  # already answered in the output file, kept as they were
+    changed: int  # in the output file with another request under their id: answered again
     answered: int  # generated by this run (all processes)
     answer_tokens: int  # of the generated answers, tokens before the first EOS/EoT
     nfe: int  # forward calls, all processes
@@ -366,10 +421,12 @@ class RunSummary:
         rate = self.answered / self.wall_s if self.wall_s > 0 else 0.0
         tokens = self.answer_tokens / self.wall_s if self.wall_s > 0 else 0.0
         per_batch = self.nfe / max(self.batches, 1)
-        return (f"answered {self.answered} requests (kept {self.kept} already answered) in {self.wall_s:.1f} s on "
-                f"{self.processes} process{'es' if self.processes > 1 else ''}: {rate:.2f} requests/s, "
-                f"{tokens:.1f} answer tokens/s, NFE {self.nfe} (forward passes; {per_batch:.1f} per batch of "
-                f"{self.answered / max(self.batches, 1):.1f} requests); wrote {output}")  # fmt: skip
+        again = f", answered again {self.changed} whose line changed" if self.changed else ""
+        return (f"answered {self.answered} requests (kept {self.kept} already answered{again}) in "
+                f"{self.wall_s:.1f} s on {self.processes} process{'es' if self.processes > 1 else ''}: "
+                f"{rate:.2f} requests/s, {tokens:.1f} answer tokens/s, NFE {self.nfe} (forward passes; "
+                f"{per_batch:.1f} per batch of {self.answered / max(self.batches, 1):.1f} requests); "
+                f"wrote {output}")  # fmt: skip
 
 
 def generate_file(model, tokenizer, input_path, output_path, settings: dict, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -382,25 +439,22 @@ def generate_file(model, tokenizer, input_path, output_path, settings: dict, bat
     input_path, output_path = Path(input_path), Path(output_path)
     if input_path.resolve() == output_path.resolve():
         raise ValueError("--output must differ from --input (the output file is rewritten at the end).")
-    if not output_path.parent.is_dir():
-        raise ValueError(f"the folder of --output ({output_path.parent}) does not exist.")
+    writer = output_path if processes.world_size == 1 else output_path.with_name(
+        f"{output_path.name}.part{processes.rank}")  # fmt: skip
+    check_writable(output_path, writer)
     max_length = getattr(getattr(model, "config", None), "max_sequence_length", None)
     requests = read_requests(input_path, tokenizer, settings["gen_length"], max_length)
-    finished = read_finished([output_path, *shard_paths(output_path)])
-    known = {r.id for r in requests}
-    strangers = [i for i in finished if i not in known]
-    if strangers:
-        raise ValueError(f"{output_path} holds answers to ids that are not in {input_path} (e.g. "
-                         f"{json.dumps(strangers[0])}): it belongs to another input file; choose another "
-                         "--output.")  # fmt: skip
+    finished, changed = read_finished([output_path, *shard_paths(output_path)], requests)
+    if changed and processes.is_main and progress:
+        lines = ", ".join(str(r.line) for r in changed[:10]) + (", ..." if len(changed) > 10 else "")
+        tqdm.write(f"{len(changed)} request(s) changed since {output_path} was written (input line(s) {lines}): "
+                   "their old answers are dropped and they are answered again.")  # fmt: skip
     todo = [r for r in requests if r.id not in finished]
     # Nobody writes before everybody has read what is finished: the plans must agree.
     processes.barrier()
 
     batches = plan_batches(todo, 1 if is_stochastic(settings) else batch_size)
     mine = batches[processes.rank :: processes.world_size]
-    writer = output_path if processes.world_size == 1 else output_path.with_name(
-        f"{output_path.name}.part{processes.rank}")  # fmt: skip
     stats = BatchStats()
     started = time.perf_counter()
     desc = "generating" if processes.world_size == 1 else f"generating (process 0 of {processes.world_size})"
@@ -421,6 +475,7 @@ def generate_file(model, tokenizer, input_path, output_path, settings: dict, bat
     return RunSummary(
         requests=len(requests),
         kept=len(requests) - len(todo),
+        changed=len(changed),
         answered=sum(s.requests for s, _ in everyone),
         answer_tokens=sum(s.answer_tokens for s, _ in everyone),
         nfe=sum(s.nfe for s, _ in everyone),

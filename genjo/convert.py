@@ -13,10 +13,13 @@ import os
 
 import torch
 
+from .cli import run_command
+
 
 def convert(src: str, dst: str, dtype: str = "auto", max_shard_size: str = "5GB") -> None:
     """Load src on the CPU (config read without remote code) and save it to dst (a new or empty folder)."""
     from .loading import load_config, load_tokenizer, model_class
+    from .storage import replacing_folder
 
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise FileExistsError(f"{dst} already exists and is not an empty folder; choose a new destination.")
@@ -25,8 +28,10 @@ def convert(src: str, dst: str, dtype: str = "auto", max_shard_size: str = "5GB"
     config = load_config(src)
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     model = model_class(config).from_pretrained(src, config=config, dtype=torch_dtype)
-    model.save_pretrained(dst, max_shard_size=max_shard_size)
-    load_tokenizer(src, config).save_pretrained(dst)
+    # written beside dst and renamed into place once complete: a kill never leaves a partial dst
+    with replacing_folder(dst) as staging:
+        model.save_pretrained(staging, max_shard_size=max_shard_size)
+        load_tokenizer(src, config).save_pretrained(staging)
 
 
 def main() -> None:
@@ -44,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, prog="python -m genjo.convert")

@@ -10,6 +10,7 @@ from typing import Optional
 from tqdm.auto import tqdm
 
 from .chat_format import question_batch
+from .cli import run_command
 from .sampling import generate
 from .settings import resolve_sampler_settings
 
@@ -151,4 +152,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, prog="python -m genjo.evaluation")

@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .checks import check_int, check_number, check_token_ids, config_int
+from .checks import check_finite_logits, check_int, check_number, check_token_id, check_token_ids, config_int
 
 
 def stratified_masking(
@@ -199,11 +199,10 @@ def get_log_likelihoods(
     forward, right-padded with an attention mask. The estimates equal those of each pair alone up to
     float rounding. Returns one float per pair, in order.
     """
-    mask_id = config_int(model, "mask_token_id") if mask_id is None else mask_id
-    check_int("mask_id", mask_id, minimum=0)
-    check_int("mc_num", mc_num, minimum=1)
-    check_int("batch_size", batch_size, minimum=1)
-    check_number("cfg_scale", cfg_scale, " Use 0 for no guidance or e.g. 1.0.")
+    mask_id = check_token_id("mask_id", config_int(model, "mask_token_id") if mask_id is None else mask_id, model)
+    mc_num = check_int("mc_num", mc_num, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    cfg_scale = check_number("cfg_scale", cfg_scale, " Use 0 for no guidance or e.g. 1.0.")
     if not pairs:
         return []
     generators = [None] * len(pairs) if generators is None else list(generators)
@@ -286,6 +285,8 @@ def get_log_likelihoods(
             cond, uncond = _model_logits(model, noisy, prompt_index, cfg_scale, mask_id, attention_mask=attention_mask)
             cond, uncond = cond[masked], None if uncond is None else uncond[masked]
         log_normalizer = log_normalizers(cond, uncond, cfg_scale)  # (N,)
+        # NaN or +inf anywhere in a slot's logits (or all -inf) makes its logsumexp non-finite
+        check_finite_logits(log_normalizer, f"in the likelihood's forward {start // batch_size}")
         # CE of every use of every row: a row shared by several pairs is scored against each one's answer
         slots, targets, use_pairs, use_weights = [], [], [], []
         first_slot = 0

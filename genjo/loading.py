@@ -65,9 +65,11 @@ def check_checkpoint(name_or_path: str) -> str:
         return path
     if os.path.exists(path):
         raise FileNotFoundError(f"{name_or_path} is a file; --model takes a checkpoint folder (or a hub id).")
-    if _looks_local(name_or_path):
+    # A hub id is org/name: a bare name that is not here is a missing folder, not a download to attempt.
+    if _looks_local(name_or_path) or "/" not in name_or_path:
         raise FileNotFoundError(f"The checkpoint folder {name_or_path} does not exist. Check the path (relative "
-                                f"paths start from {os.getcwd()}), or give a hub id such as org/name.")  # fmt: skip
+                                f"paths start from {os.getcwd()}), or give a hub id such as org/name (loading one "
+                                "needs a network connection, or its files in the Hugging Face cache).")  # fmt: skip
     return name_or_path
 
 

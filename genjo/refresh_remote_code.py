@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .cli import run_command
+
 PACKAGE = Path(__file__).resolve().parent
 CHECKPOINTS = PACKAGE / "checkpoints"
 CODE_FILES = ("modeling_genjo.py", "configuration_genjo.py")
@@ -50,4 +52,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, prog=COMMAND))

@@ -39,6 +39,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from .cli import run_command
 from .settings import add_renamed_argument
 
 # Every fact is stated in several ways, the name always before the code word (the forward direction);
@@ -432,4 +433,4 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
+    run_command(main, prog="python -m genjo.reversal")

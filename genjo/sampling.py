@@ -25,7 +25,18 @@ from typing import NamedTuple, Optional, Union
 
 import torch
 
-from .checks import EOS_ID, EOT_ID, MASK_ID, check_int, check_number, check_token_ids, config_int, vocabulary_size
+from .checks import (
+    EOS_ID,
+    EOT_ID,
+    MASK_ID,
+    as_scalar,
+    check_finite_logits,
+    check_int,
+    check_number,
+    check_token_id,
+    check_token_ids,
+    config_int,
+)
 
 __all__ = [
     "CACHES", "EOS_ID", "EOT_ID", "MASK_ID", "REMASKING", "REMASKING_RULES", "DualCache", "FullCanvas",
@@ -377,8 +388,8 @@ def check_sampler_settings(model=None, *, steps, gen_length, block_length, tempe
     Scripts call it before they ask for a prompt (model may be None: no vocabulary checks). ``ignored``
     takes the other generate() keywords (e.g. logits_eos_inf), so a whole settings dict can be passed.
     """
-    for name, value in (("steps", steps), ("gen_length", gen_length), ("block_length", block_length)):
-        check_int(name, value)
+    lengths = (("steps", steps), ("gen_length", gen_length), ("block_length", block_length))
+    steps, gen_length, block_length = (check_int(name, value) for name, value in lengths)
     if gen_length <= 0 or block_length <= 0:
         raise ValueError(f"gen_length ({gen_length}) and block_length ({block_length}) must be positive.")
     if gen_length % block_length:
@@ -390,10 +401,10 @@ def check_sampler_settings(model=None, *, steps, gen_length, block_length, tempe
                          f"(gen_length / block_length = {num_blocks}).")  # fmt: skip
     if remasking not in REMASKING_RULES:
         raise ValueError(f"remasking={remasking!r} is unknown; use one of {', '.join(REMASKING)}.")
-    check_number("temperature", temperature, " Use 0 for greedy decoding or e.g. 0.5 to sample.")
+    temperature = check_number("temperature", temperature, " Use 0 for greedy decoding or e.g. 0.5 to sample.")
     if temperature < 0:
         raise ValueError(f"temperature ({temperature}) must be >= 0 (0 = greedy).")
-    check_number("cfg_scale", cfg_scale, " Use 0 for no guidance or e.g. 1.0.")
+    cfg_scale = check_number("cfg_scale", cfg_scale, " Use 0 for no guidance or e.g. 1.0.")
     if cfg_scale < 0:
         raise ValueError(f"cfg_scale ({cfg_scale}) must be >= 0 (0 = no classifier-free guidance).")
     if threshold is not None and factor is not None:
@@ -403,19 +414,21 @@ def check_sampler_settings(model=None, *, steps, gen_length, block_length, tempe
     if threshold is not None:
         check_number("threshold", threshold, " It is a confidence, e.g. 0.9 (or None for the steps schedule).")
     if factor is not None:
-        check_number("factor", factor, " Use e.g. 1.0 (or None for the steps schedule).")
+        factor = check_number("factor", factor, " Use e.g. 1.0 (or None for the steps schedule).")
         if factor <= 0:
             raise ValueError(f"factor ({factor}) must be > 0.")
     if not isinstance(cache, (FullCanvas, PrefixCache)) and (not isinstance(cache, (str, type(None)))
                                                              or cache not in CACHES):  # fmt: skip
         raise ValueError(f"cache={cache!r} is unknown; use None, 'prefix' or 'dual'.")
-    size = vocabulary_size(model)
-    for name, value in (("mask_id", mask_id), ("eos_id", eos_id), ("eot_id", eot_id)):
-        if value is not None:
-            check_int(name, value, minimum=0)
-            if size is not None and value >= size:
-                raise ValueError(f"{name} ({value}) is outside the model's vocabulary 0..{size - 1}; "
-                                 "leave it None to use the model config's id.")  # fmt: skip
+    ids = {
+        name: check_token_id(name, value, model)
+        for name, value in (("mask_id", mask_id), ("eos_id", eos_id), ("eot_id", eot_id))
+        if value is not None
+    }
+    for other in ("eos_id", "eot_id"):
+        if "mask_id" in ids and ids["mask_id"] == ids.get(other):
+            raise ValueError(f"mask_id equals {other} ({ids['mask_id']}): the mask would be read as the end of the "
+                             "answer; leave mask_id None to use the model config's mask_token_id.")  # fmt: skip
     if step_callback is not None and not callable(step_callback):
         raise ValueError(f"step_callback must be a function of a StepInfo; got a {type(step_callback).__name__}.")
 
@@ -466,12 +479,7 @@ def check_decodable(block_logits: torch.Tensor, block: int, step: int) -> None:
 
     block_logits: (B, N, V) any float dtype. One reduction to (B, N): a slot's max is finite exactly when it is usable.
     """
-    top = block_logits.amax(dim=-1)
-    if not bool(torch.isfinite(top).all()):
-        bad = float(top[~torch.isfinite(top)][0])
-        raise ValueError(f"the model returned non-finite logits ({bad}) at block {block}, step {step}: "
-                         "check the weights and dtype (e.g. fp16 overflow), or lower cfg_scale if the "
-                         "guidance overflows.")  # fmt: skip
+    check_finite_logits(block_logits.amax(dim=-1), f"at block {block}, step {step}")
 
 
 def stop_finished_rows(canvas: torch.Tensor, logits: torch.Tensor, start: int, mask_id: int, eos_id: int,
@@ -557,6 +565,15 @@ def generate(
     Returns:
         (B, L + gen_length) int64 canvas on the prompt's device: the prompt, then the answer.
     """
+    if model is None or not callable(model):
+        raise ValueError(f"model must be a mask predictor returning .logits (e.g. a loaded GenjoModelLM); got "
+                         f"{type(model).__name__}. Load one with genjo.load_model().")  # fmt: skip
+    if stats is not None and not isinstance(stats, GenerationStats):
+        raise ValueError(f"stats must be a GenerationStats to fill (or None); got a {type(stats).__name__}.")
+    # 0-d tensors (e.g. torch.tensor(64) from a schedule) become the plain numbers they hold
+    steps, gen_length, block_length, temperature, cfg_scale, threshold, factor, mask_id, eos_id, eot_id = (
+        as_scalar(v) for v in (steps, gen_length, block_length, temperature, cfg_scale, threshold, factor, mask_id,
+                               eos_id, eot_id))  # fmt: skip
     mask_id = config_int(model, "mask_token_id") if mask_id is None else mask_id
     eos_id = config_int(model, "eos_token_id") if eos_id is None else eos_id
     eot_id = config_int(model, "eot_token_id") if eot_id is None else eot_id

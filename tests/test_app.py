@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from types import SimpleNamespace
 
@@ -276,8 +277,8 @@ def scripted_page(tiny_tokenizer):
     model = ScriptedModel(scripted_answer(tiny_tokenizer, "42", 32))
     demo = app.build_demo(model, tiny_tokenizer, "cpu")
     demo.queue(default_concurrency_limit=1)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                            ssr_mode=False, css=app.CSS)  # fmt: skip
+    _, url, _ = app.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                           quiet=True, ssr_mode=False, css=app.CSS)  # fmt: skip
     yield url
     demo.close()
 
@@ -316,6 +317,42 @@ def test_two_sessions_keep_their_own_histories(scripted_page):
     assert not app.ANSWERING  # the session is released when its answer ends
     chat, _, vis, box, _ = clients[0].predict(24, api_name="/clear_conversation")
     assert chat == [] and box == "" and [t["token"] for t in vis] == ["[MASK]"] * 24
+
+
+def upload(url: str, content: bytes) -> tuple[int, bytes]:
+    """POST one file to Gradio's upload route, as its page would; (HTTP status, body)."""
+    boundary = "genjo-test-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="x.txt"\r\n'
+            f"Content-Type: text/plain\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+    request = urllib.request.Request(url.rstrip("/") + "/gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_the_demo_refuses_file_uploads_that_plain_gradio_would_store(tiny_tokenizer, tmp_path, monkeypatch):
+    """The page takes no files: Gradio's own launch stores a posted file in its temporary folder; app.launch
+    answers 403 and stores nothing, while the page itself keeps working (test_two_sessions_... runs on it)."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # read when a server starts
+    model = ScriptedModel(scripted_answer(tiny_tokenizer, "42", 32))
+    for launcher, stored in ((lambda demo, **kw: demo.launch(**kw), True), (app.launch, False)):
+        demo = app.build_demo(model, tiny_tokenizer, "cpu").queue()
+        _, url, _ = launcher(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                             quiet=True, ssr_mode=False)  # fmt: skip
+        try:
+            status, body = upload(url, b"nobody asked for this")
+        finally:
+            demo.close()
+        files = [p for p in tmp_path.rglob("*") if p.is_file()]
+        if stored:  # the issue: the route accepts and keeps the file
+            assert status == 200 and any(p.read_bytes() == b"nobody asked for this" for p in files), (status, body)
+            for p in files:
+                p.unlink()
+        else:
+            assert status == 403 and b"no file uploads" in body and files == [], (status, body, files)
 
 
 # Rectangles of the user's message texts and of every visible button in the chat (copy, share, clear).

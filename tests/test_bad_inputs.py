@@ -1,18 +1,21 @@
 """Bad inputs end in a clear error that names the argument: never a hang, a crash deep in torch, or masks as an answer.
 
-100 bad inputs are tried, and each ends as follows:
+109 bad inputs are tried, and each ends as follows:
 
-- 55 arguments of ``generate()`` (wrong types such as float or bool counts, lists for tensors, an int32
-  prompt; token ids that are negative or past the vocabulary; attention masks that are lists or hold
-  values other than 0/1; non-finite or negative numbers; inconsistent lengths): each raises ValueError
-  before any forward, with a message naming the argument.
+- 60 arguments of ``generate()`` (wrong types such as float or bool counts, lists for tensors, an int32
+  prompt, a model that is None, a stats that is not a GenerationStats; token ids that are negative or past
+  the vocabulary, a mask id equal to the EOS or EoT id; attention masks that are lists or hold values other
+  than 0/1; non-finite or negative numbers; inconsistent lengths): each raises ValueError before any
+  forward, with a message naming the argument.
 - 7 sampling runs whose logits cannot be decoded (a model returning NaN, +inf or all -inf, with the steps
   schedule, parallel decoding and the dual cache, and a finite cfg_scale so large that the guidance
   overflows): each raises ValueError naming the non-finite logits at the first step (before this check they
   returned an answer of masks, or never returned with threshold/factor). Every ``generate()`` call runs in
   a thread with a time limit, so a hang fails the test instead of stalling the suite.
-- 26 arguments of ``get_log_likelihood()`` / ``get_log_likelihoods()``: each raises ValueError naming the
-  argument before any forward.
+- 27 arguments of ``get_log_likelihood()`` / ``get_log_likelihoods()`` (a mask id past the vocabulary
+  among them): each raises ValueError naming the argument before any forward.
+- 3 likelihood runs whose logits hold NaN, +inf or only -inf: each raises the sampler's ValueError naming
+  the non-finite logits.
 - 10 command lines of ``chat.py`` (bad flag values and combinations, an unknown or unavailable
   ``--device``, a ``--model`` that does not load): each ends at start-up, before the first question, with
   an error line naming the flag: exit status 2 for a bad value or combination of flags (after argparse's
@@ -124,6 +127,11 @@ GENERATE_CASES = [
     (dict(mask_id=VOCAB), f"mask_id \\({VOCAB}\\) is outside the model's vocabulary"),
     (dict(eos_id=-1), "eos_id \\(-1\\) must be >= 0"),
     (dict(step_callback="print"), "step_callback must be a function"),
+    (dict(mask_id=EOS), f"mask_id equals eos_id \\({EOS}\\)"),  # before: accepted, the answer was garbage
+    (dict(mask_id=EOT), f"mask_id equals eot_id \\({EOT}\\)"),
+    (dict(stats="x"), "stats must be a GenerationStats"),  # before: crashed deep inside
+    (dict(model=None), "model must be a mask predictor"),  # before: crashed deep inside
+    (dict(steps=torch.tensor(8.0)), "steps must be an int"),  # a 0-d tensor counts as the number it holds
     # attention mask
     (dict(attention_mask=[[1, 1, 1, 1]]), "attention_mask must be a tensor"),
     (dict(attention_mask=ONES * 2), "attention_mask must hold only 1 .* and 0"),
@@ -147,11 +155,24 @@ class GuardedModel(torch.nn.Module):
 
 @pytest.mark.parametrize("bad,message", GENERATE_CASES, ids=[f"generate-{i}" for i in range(len(GENERATE_CASES))])
 def test_generate_rejects_bad_arguments(model, bad, message):
-    kwargs = {**SETTINGS, "prompt": PROMPT, **bad}
+    kwargs = {**SETTINGS, "prompt": PROMPT, "model": GuardedModel(model), **bad}
     with pytest.raises(ValueError, match=message):
         if getattr(kwargs.get("cache"), "__name__", None) == "<lambda>":  # a cache strategy whose construction fails
             kwargs["cache"] = kwargs["cache"]()
-        within_time_limit(generate, GuardedModel(model), **kwargs)
+        within_time_limit(generate, **kwargs)
+
+
+def test_zero_dim_tensors_count_as_the_numbers_they_hold(model):
+    """steps, lengths, temperature or mc_num given as 0-d tensors (e.g. read from a schedule) sample as the
+    plain numbers (before: rejected as not an int / not a number)."""
+    as_numbers = generate(model, PROMPT, **SETTINGS, temperature=0.0)
+    lengths = dict(steps=torch.tensor(8), gen_length=torch.tensor(8), block_length=torch.tensor(8))
+    as_tensors = generate(model, PROMPT, **lengths, temperature=torch.tensor(0.0), cfg_scale=torch.tensor(0))
+    assert torch.equal(as_numbers, as_tensors)
+    torch.manual_seed(0)
+    plain = get_log_likelihood(model, PROMPT[0], ANSWER, mc_num=4, batch_size=4)
+    torch.manual_seed(0)
+    assert get_log_likelihood(model, PROMPT[0], ANSWER, mc_num=torch.tensor(4), batch_size=torch.tensor(4)) == plain
 
 
 # ----------------------------------------------------------------------------- generate(): undecodable logits
@@ -214,6 +235,7 @@ LIKELIHOOD_CASES = [
     (dict(cfg_scale=math.inf), "cfg_scale must be a finite number"),
     (dict(cfg_scale=-1.0), "cfg_scale \\(-1.0\\) must be >= 0"),
     (dict(mask_id=1.5), "mask_id must be an int"),
+    (dict(mask_id=VOCAB), f"mask_id \\({VOCAB}\\) is outside the model's vocabulary"),  # before: IndexError
     (dict(answer=ANSWER.float()), "answer must hold int token ids; got dtype torch.float32"),
     (dict(answer=[10.0, 11.0]), "answer must hold int token ids; got dtype torch.float32"),
     (dict(answer=ANSWER.bool()), "answer must hold int token ids; got dtype torch.bool"),
@@ -234,6 +256,22 @@ def test_likelihood_rejects_bad_arguments(model, bad, message):
     kwargs = {"prompt": PROMPT[0], "answer": ANSWER, "mc_num": 4, "batch_size": 4, **bad}
     with pytest.raises(ValueError, match=message):
         get_log_likelihood(GuardedModel(model), **kwargs)
+
+
+LIKELIHOOD_NONFINITE_CASES = [
+    ("nan", dict(value=math.nan)),
+    ("+inf", dict(value=math.inf)),
+    ("all -inf", dict(value=-math.inf, everywhere=True)),
+]
+
+
+@pytest.mark.parametrize(
+    "broken", [c[1] for c in LIKELIHOOD_NONFINITE_CASES], ids=[c[0] for c in LIKELIHOOD_NONFINITE_CASES]
+)
+def test_likelihood_stops_on_non_finite_logits(model, broken):
+    """As the sampler does (before: the estimate came back as nan, -inf or a finite but meaningless number)."""
+    with pytest.raises(ValueError, match="non-finite logits .* in the likelihood's forward 0: check the weights"):
+        get_log_likelihood(BrokenLogits(model, **broken), PROMPT[0], ANSWER, mc_num=4, batch_size=4)
 
 
 @pytest.mark.parametrize(
@@ -310,5 +348,5 @@ def test_encode_chat_equals_the_template_for_plain_text(tiny_tokenizer, messages
 def test_the_docstring_counts_the_tables():
     counts = re.findall(r"^- (\d+) ", __doc__, flags=re.M)
     assert [int(c) for c in counts] == [len(GENERATE_CASES), len(NONFINITE_CASES), len(LIKELIHOOD_CASES) + 2,
-                                        len(CHAT_CASES), 2]  # fmt: skip
+                                        len(LIKELIHOOD_NONFINITE_CASES), len(CHAT_CASES), 2]  # fmt: skip
     assert f"{sum(int(c) for c in counts)} bad inputs are tried" in __doc__

@@ -19,6 +19,7 @@ from conftest import ScriptedModel
 
 import generate as generate_script
 from generate import generate
+from genjo import batch_generation, storage
 from genjo.batch_generation import generate_file, process_info
 from genjo.loading import load_model
 from genjo.settings import resolve_sampler_settings as sampler_settings
@@ -50,7 +51,7 @@ def write_lines(path: Path, objects) -> Path:
 
 
 def read_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for line in storage.read_lines(path)]
 
 
 def chat(question: str) -> dict:
@@ -129,7 +130,7 @@ def test_resume_keeps_finished_lines_and_answers_only_the_rest(loaded, tmp_path)
     kept = json.dumps({"id": "q3", **chat("What is 23 + 88?"), "answer": "KEPT"})
     out = tmp_path / "out.jsonl"
     out.write_text(kept + "\n" + fresh[0][:20], encoding="utf-8")
-    shard = json.dumps({"id": "q1", **chat("Sort: 7 3 9 1 4"), "answer": "FROM A SHARD"})
+    shard = json.dumps({"id": "q1", **chat("Reverse: alpha bravo charlie delta"), "answer": "FROM A SHARD"})
     (tmp_path / "out.jsonl.part1").write_text(shard + "\n", encoding="utf-8")
 
     summary = generate_file(model, tokenizer, source, out, settings, batch_size=2, progress=False)
@@ -146,6 +147,78 @@ def test_resume_keeps_finished_lines_and_answers_only_the_rest(loaded, tmp_path)
     write_lines(tmp_path / "other.jsonl", [{"id": "zz", "prompt": "x", "answer": "y"}])
     with pytest.raises(ValueError, match="belongs to another input file"):
         generate_file(model, tokenizer, source, tmp_path / "other.jsonl", settings, progress=False)
+
+
+def test_a_request_whose_line_changed_is_answered_again_and_the_run_says_so(loaded, tmp_path, capsys):
+    """Ids default to line numbers: a line inserted at the top gives every old line a new id. An answer is
+    kept only for the very request it answers (before: the old answers stayed under the shifted ids, so they
+    sat on the wrong lines, the last request was answered twice and the new one never)."""
+    model, tokenizer, settings = loaded
+    first, *rest = list(QUESTIONS)[:4]
+    source, out = write_lines(tmp_path / "in.jsonl", [chat(q) for q in rest]), tmp_path / "out.jsonl"
+    generate_file(model, tokenizer, source, out, settings, batch_size=2, progress=False)
+    write_lines(source, [chat(first), *(chat(q) for q in rest)])
+    summary = generate_file(model, tokenizer, source, out, settings, batch_size=2)
+    assert (summary.kept, summary.changed, summary.answered) == (0, 3, 4)
+    answers = read_lines(out)
+    assert [(a["id"], a["messages"][0]["content"], a["answer"]) for a in answers] == [
+        (i, q, QUESTIONS[q]) for i, q in enumerate([first, *rest], start=1)
+    ]
+    said = capsys.readouterr()
+    assert "3 request(s) changed since" in said.out + said.err and "input line(s) 1, 2, 3" in said.out + said.err
+    assert "answered again 3 whose line changed" in summary.line(out)
+    # an edited line with its own id is answered again; the unchanged ones are kept
+    lines = [{"id": "a", **chat(first)}, {"id": "b", **chat(rest[0])}]
+    generate_file(model, tokenizer, write_lines(source, lines), out2 := tmp_path / "out2.jsonl", settings,
+                  progress=False)  # fmt: skip
+    lines[1] = {"id": "b", **chat(rest[1])}
+    summary = generate_file(model, tokenizer, write_lines(source, lines), out2, settings, progress=False)
+    assert (summary.kept, summary.changed, summary.answered) == (1, 1, 1)
+    assert [a["answer"] for a in read_lines(out2)] == [QUESTIONS[first], QUESTIONS[rest[1]]]
+
+
+def test_json_lines_split_only_at_newlines(loaded, tmp_path):
+    """U+2028, U+2029 and U+0085 are legal raw inside JSON strings, and Genjo's writer emits them raw: the
+    line is one request (before: split there, the line was rejected as invalid JSON)."""
+    model, tokenizer, settings = loaded
+    odd = "Sort: 7 3 9 1 4\u2028\u2029\x85\x0c"
+    source = tmp_path / "in.jsonl"
+    lines = [json.dumps({"prompt": odd}, ensure_ascii=False), json.dumps(chat("Sort: 5 8 0 7 3 0 2 1"))]
+    source.write_text(lines[0] + "\r\n" + lines[1] + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    summary = generate_file(model, tokenizer, source, out, settings, progress=False)
+    assert summary.answered == 2 and [(a["id"], a.get("prompt")) for a in read_lines(out)] == [(1, odd), (2, None)]
+    again = generate_file(model, tokenizer, source, out, settings, progress=False)  # the output reads back too
+    assert (again.kept, again.answered) == (2, 0)
+
+
+def test_a_non_utf8_line_is_named(loaded, tmp_path):
+    model, tokenizer, settings = loaded
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b'{"prompt": "fine"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"in\.jsonl, line 2: not UTF-8 text \(byte 0xe9 at column 16\)"):
+        generate_file(model, tokenizer, source, tmp_path / "out.jsonl", settings, progress=False)
+
+
+def test_unusable_input_or_output_is_named_before_anything_is_generated(loaded, tmp_path, monkeypatch):
+    model, tokenizer, settings = loaded
+    source = write_lines(tmp_path / "in.jsonl", [chat("Sort: 3 1")])
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generation started before the output was checked")
+
+    monkeypatch.setattr(batch_generation, "generate_batch", no_generation)
+    with pytest.raises(ValueError, match="--input .* is a folder"):
+        generate_file(model, tokenizer, tmp_path, tmp_path / "out.jsonl", settings, progress=False)
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(ValueError, match="--output .*taken is a folder; give a file name"):
+        generate_file(model, tokenizer, source, tmp_path / "taken", settings, progress=False)
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        with pytest.raises(ValueError, match="is not writable|cannot be written"):
+            generate_file(model, tokenizer, source, locked / "out.jsonl", settings, progress=False)
 
 
 def test_seeded_sampling_does_not_depend_on_batch_size_or_order(loaded, tmp_path):

@@ -153,3 +153,21 @@ def test_eval_reverse_prompts_and_bad_input(pairs_file, tmp_path):
         eval_reverse.main(["--data", str(pairs_file), "--prompt-format", "custom"])
     with pytest.raises(ValueError, match="--limit must be a positive integer; got 0"):
         eval_reverse.main(["--data", str(pairs_file), "--limit", "0"])
+
+
+def test_eval_reverse_reads_odd_lines_whole_and_refuses_empty_texts(tmp_path):
+    """A pair whose text holds U+2028 / U+2029 / U+0085 is one line (before: split there and rejected); an empty
+    first or second would be "contained" in every output and scored correct (before: accuracy 1.0)."""
+    odd = tmp_path / "odd.jsonl"
+    pair = {"first": "床前明月光\u2028", "second": "疑是\u2029地上霜\x85"}
+    odd.write_text(json.dumps(pair, ensure_ascii=False) + "\r\n" + json.dumps({"first": "a", "second": "b"}) + "\n",
+                   encoding="utf-8")  # fmt: skip
+    assert eval_reverse.load_pairs(str(odd)) == [pair, {"first": "a", "second": "b"}]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"first": "a", "second": "b"}\n{"first": "a", "second": "  "}\n')
+    with pytest.raises(ValueError, match=r"empty.jsonl, line 2: 'second' is empty"):
+        eval_reverse.load_pairs(str(empty))
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"first": "caf\xe9", "second": "b"}\n')
+    with pytest.raises(ValueError, match=r"latin1.jsonl, line 1: not UTF-8 text"):
+        eval_reverse.load_pairs(str(latin1))

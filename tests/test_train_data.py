@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import random
 import socket
 import subprocess
@@ -140,6 +141,110 @@ def test_bad_lines_name_the_file_and_line(tmp_path, tokenizer):
         PackedRows(JsonlStream([str(tmp_path / "bad.jsonl")], "text"), tokenizer, 64).rows(10)
     with pytest.raises(ValueError, match="No data file matches"):
         train(TrainArgs(data=str(tmp_path / "missing*.jsonl"), run_dir=str(tmp_path / "run")))
+
+
+def test_odd_lines_are_read_whole_or_named_with_file_and_line(tmp_path, tokenizer):
+    """U+2028 / U+2029 / U+0085 inside a string stay in their line; bytes that are not UTF-8 and an SFT line
+    whose chat template fails name the file and line (before: a bare UnicodeDecodeError, the template's own
+    error)."""
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text(json.dumps({"text": "one\u2028two\u2029three\x85four"}, ensure_ascii=False) + "\r\n",
+                   encoding="utf-8")  # fmt: skip
+    record, location = next(JsonlStream([str(odd)], "text", loop=False))
+    assert record["text"] == "one\u2028two\u2029three\x85four" and location.endswith("odd.jsonl:1")
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9 at column 14\)"):
+        PackedRows(JsonlStream([str(tmp_path / "latin1.jsonl")], "text"), tokenizer, 64).rows(10)
+    (tmp_path / "chat.jsonl").write_text(json.dumps({"messages": [{"role": "assistant", "content": "hi"}]}) + "\n")
+    with pytest.raises(ValueError, match=r"chat.jsonl:1: the conversation starts with an assistant message"):
+        ChatPairs(JsonlStream([str(tmp_path / "chat.jsonl")], "messages"), tokenizer, 160).pairs(1)
+
+    class Refusing:  # a tokenizer whose template raises, as Jinja templates with raise_exception do
+        def apply_chat_template(self, *args, **kwargs):
+            raise RuntimeError("Conversation roles must alternate user/assistant")
+
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    with pytest.raises(ValueError, match="x.jsonl:7: the tokenizer's chat template failed .*must alternate"):
+        conversation_pairs(Refusing(), messages, "x.jsonl:7")
+
+
+def test_the_shuffle_buffer_holds_one_epoch_of_line_positions(tmp_path, tokenizer):
+    """A file shorter than the buffer: each line once per epoch, and the saved state holds positions only
+    (before: the buffer filled itself with about 1,000 copies of 50 lines, all pickled into the state)."""
+    path = tmp_path / "short.jsonl"
+    path.write_text("".join(json.dumps({"text": f"line {i} " + "x" * 30}) + "\n" for i in range(50)))
+    stream = JsonlStream([str(path)], "text", shuffle_buffer=1000, seed=1)
+    first = [next(stream)[1] for _ in range(50)]
+    second = [next(stream)[1] for _ in range(50)]
+    assert sorted(first) == sorted(second) == sorted(f"{path}:{i}" for i in range(1, 51)) and first != second
+    next(stream)
+    state = stream.state_dict()
+    assert len(state["buffer"]) == 49 and all(len(entry) == 4 for entry in state["buffer"])
+    assert all(isinstance(v, int) for entry in state["buffer"] for v in entry)
+    assert len(pickle.dumps(state)) < 10_000  # before: 999 records
+    # a state saved by the earlier version held the records themselves: it still resumes, at the same lines
+    legacy = {**state, "buffer": [[{"text": "..."}, f"{path}:{line}", epoch] for _, _, line, epoch in state["buffer"]]}
+    resumed = [JsonlStream([str(path)], "text", shuffle_buffer=1000, seed=1) for _ in range(2)]
+    resumed[0].load_state_dict(state)
+    resumed[1].load_state_dict(legacy)
+    assert [next(resumed[0]) for _ in range(60)] == [next(resumed[1]) for _ in range(60)]
+    with pytest.raises(ValueError, match="does not fit"):
+        JsonlStream([str(tmp_path / "other.jsonl")], "text").load_state_dict(state)
+
+
+BOUNDED_CHILD = r"""
+import os, pickle, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))  # a MemoryError beyond it
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+from genjo.tokenizer import build_tokenizer
+from genjo.train import FileData, TrainArgs
+data = FileData(TrainArgs(stage="pretrain", data=sys.argv[1], batch_size=2, seq_len=64, eval_fraction=0.0),
+                build_tokenizer())
+for step in range(3):
+    data.batch(step)
+print("state bytes", len(pickle.dumps(data.state_dict())))
+"""
+
+
+@pytest.mark.slow
+def test_one_large_document_trains_in_bounded_memory(tmp_path):
+    """A file holding one 1 MB document, read under a 2 GiB address-space limit. Before, the shuffle buffer
+    held 1,000 copies of it (a 3.3 GB peak, a 1 GB state); now one position, and the state holds the
+    document's unread tokens only."""
+    rng = random.Random(0)
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "river", "Paris", "capital", "sort", "seven"]
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"text": " ".join(rng.choice(words) for _ in range(170_000))}) + "\n")
+    result = subprocess.run([sys.executable, "-c", BOUNDED_CHILD, str(path), str(2 * 2**30)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    state_bytes = int(result.stdout.split("state bytes")[-1])
+    assert state_bytes < 2 * path.stat().st_size  # the carried tokens of the one document, not 1,000 copies
+
+
+def test_a_corrupt_training_state_is_named_on_resume(files, tmp_path):
+    """Before: RuntimeError (PytorchStreamReader), EOFError, KeyError 'data' / 'records'."""
+    run = tmp_path / "run"
+    tiny = {**TINY, "save_every": 1, "batch_size": 4, "warmup_steps": 1}
+    args = dict(stage="pretrain", run_dir=str(run), steps=2, seq_len=16, **tiny)
+    train(TrainArgs(**args))
+    state_file = run / "last" / "training_state.pt"
+    good = state_file.read_bytes()
+    for corrupt, message in ((good[: len(good) // 2], "cannot be read as a training state"),
+                             (b"", "cannot be read as a training state"),
+                             (None, "not a complete training state \\(no data\\)")):  # fmt: skip
+        if corrupt is None:
+            state = torch.load(state_file.with_name("good.pt"), weights_only=True)
+            del state["data"]
+            torch.save(state, state_file)
+        else:
+            state_file.with_name("good.pt").write_bytes(good)
+            state_file.write_bytes(corrupt)
+        with pytest.raises(ValueError, match=f"training_state.pt {message}|training_state.pt is {message}"):
+            train(TrainArgs(**{**args, "resume": True, "steps": 3}))
+    state_file.write_bytes(good)  # a tiny-world run's state resumed with --data: no file position in it
+    with pytest.raises(ValueError, match="training_state.pt: the saved data position does not fit this run"):
+        train(TrainArgs(**{**args, "resume": True, "steps": 3, "data": str(files / "text.jsonl")}))
 
 
 def test_sft_rows_from_a_file_keep_the_prompt_and_pad_with_eos(files, tokenizer):

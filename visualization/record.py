@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from genjo.cli import run_command
 from genjo.loading import add_model_arguments, load_from_args
 from genjo.settings import CORE_SETTINGS, add_renamed_argument, add_sampler_arguments, resolve_sampler_settings
 from visualization.trajectory import record_generation, write_sample_process
@@ -45,4 +46,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

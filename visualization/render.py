@@ -67,4 +67,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from genjo.cli import run_command  # here: importing genjo loads transformers
+
+    run_command(main)

@@ -2,8 +2,9 @@
 
 import os
 
+from ..cli import run_command
 from .cli import main
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    main()
+    run_command(main, prog="python -m genjo.train")

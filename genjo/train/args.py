@@ -32,9 +32,11 @@ import argparse
 import json
 import warnings
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Optional
 
 from .. import tinyworld
+from ..storage import is_replaceable_folder
 from .losses import OBJECTIVES
 
 STAGES = ("pretrain", "sft", "vrpo")
@@ -233,6 +235,10 @@ def check_args(args: TrainArgs, world_size: int = 1) -> None:
         raise ValueError("sft_plain_text mixes tiny-world text into SFT; with --data put such rows in your file.")
     if args.eval_data and not args.data:
         raise ValueError("--eval-data needs --data (the tiny world has its own held-out problems).")
+    export = Path(args.export).expanduser() if args.export else None
+    if export is not None and export.exists() and not is_replaceable_folder(export):
+        raise ValueError(f"--export {args.export} exists and is not a checkpoint folder (no config.json); the "
+                         "export replaces the whole folder, so choose a new or a checkpoint folder.")  # fmt: skip
     if args.steps < args.warmup_steps:
         warnings.warn(f"--steps ({args.steps}) is shorter than --warmup-steps ({args.warmup_steps}): the learning "
                       f"rate never reaches --lr ({args.lr}).", stacklevel=2)  # fmt: skip

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Optional
 
 from ..chat_format import chat_pieces, encode_chat, encode_pieces, encode_plain
+from ..storage import decode_line
 
 # Prompt + answer pairs: (prompt ids, answer ids ending with the end-of-turn token).
 Pair = tuple[list[int], list[int]]
@@ -47,6 +48,11 @@ class JsonlStream:
     Each record must hold `key` (``"text"``: a string; ``"messages"``: a list of messages). `keep(line)`
     filters raw lines (the train / held-out split). Yields (record, location), location = "path:line";
     ``last_epoch`` is the epoch (pass over the files) of the record yielded last.
+
+    The shuffle buffer holds where lines are (file, byte offset, line number, epoch), not the lines: a line
+    is read again when it is drawn, so memory and the saved state stay small whatever the documents' size.
+    It never holds lines of two epochs (at the end of the files it empties before the next pass starts), so
+    a file shorter than the buffer is shuffled as a whole, each line once per epoch.
     """
 
     def __init__(
@@ -61,10 +67,11 @@ class JsonlStream:
         self.files, self.key, self.keep, self.loop = files, key, keep, loop
         self.shuffle_buffer = shuffle_buffer
         self.epoch, self.file_index, self.offset, self.line_no = 0, 0, 0, 0
-        self.buffer: list[list] = []  # [record, location, epoch] waiting in the shuffle buffer
+        self.buffer: list[list[int]] = []  # [file index, byte offset, line number, epoch] of lines waiting
         self.last_epoch = 0
         self.rng = random.Random(f"shuffle:{seed}")
         self._handle = None
+        self._readers: dict[int, object] = {}  # file index -> handle for reading drawn lines again
         self._kept_this_epoch = 0
 
     def state_dict(self) -> dict:
@@ -73,23 +80,66 @@ class JsonlStream:
                     kept_this_epoch=self._kept_this_epoch)  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from a state_dict(); ValueError when it does not fit these files (another data set, or a
+        state saved before the buffer held line positions)."""
         self._close()
-        self.epoch, self.file_index = state["epoch"], state["file_index"]
-        self.offset, self.line_no = state["offset"], state["line_no"]
-        self.buffer = [list(b) for b in state["buffer"]]
-        self.rng.setstate(_as_tuples(state["rng"]))
-        self._kept_this_epoch = state["kept_this_epoch"]
+        try:
+            epoch, file_index, offset = int(state["epoch"]), int(state["file_index"]), int(state["offset"])
+            line_no, kept = int(state["line_no"]), int(state["kept_this_epoch"])
+            buffer = self._positions(state["buffer"])
+            rng = _as_tuples(state["rng"])
+            random.Random().setstate(rng)
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise ValueError(f"the saved data position is incomplete or malformed ({type(error).__name__}: "
+                             f"{error}).") from None  # fmt: skip
+        for index, position in [(file_index, offset), *((entry[0], entry[1]) for entry in buffer)]:
+            if index == len(self.files) and position == 0:
+                continue  # the end of an epoch
+            path = self.files[index] if 0 <= index < len(self.files) else None
+            if path is None or not os.path.isfile(path) or not 0 <= position <= os.path.getsize(path):
+                raise ValueError(f"the saved data position (file {index}, byte {position}) does not fit "
+                                 f"{self.files}; resume with the --data of the saved run.")  # fmt: skip
+        self.epoch, self.file_index, self.offset, self.line_no = epoch, file_index, offset, line_no
+        self.buffer, self._kept_this_epoch = buffer, kept
+        self.rng.setstate(rng)
+
+    def _positions(self, saved: list) -> list[list[int]]:
+        """The saved buffer as [file index, offset, line, epoch] entries. A state of an earlier version held
+        the records themselves, [record, "path:line", epoch]: their lines are found again in the files."""
+        if all(len(entry) == 4 for entry in saved):
+            return [[int(v) for v in entry] for entry in saved]
+        wanted: dict[int, set[int]] = {}  # file index -> line numbers of the old entries
+        for _, location, _ in saved:
+            path, line = location.rsplit(":", 1)
+            wanted.setdefault(self.files.index(path), set()).add(int(line))
+        offsets: dict[tuple[int, int], int] = {}
+        for index, lines in wanted.items():
+            with open(self.files[index], "rb") as handle:
+                offset = 0
+                for number, raw in enumerate(handle, start=1):
+                    if number in lines:
+                        offsets[index, number] = offset
+                    offset += len(raw)
+        positions = []
+        for _, location, epoch in saved:
+            path, line = location.rsplit(":", 1)
+            index = self.files.index(path)
+            positions.append([index, offsets[index, int(line)], int(line), int(epoch)])
+        return positions
 
     def _close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        for handle in [self._handle, *self._readers.values()]:
+            if handle is not None:
+                handle.close()
+        self._handle, self._readers = None, {}
 
-    def _read(self) -> Optional[list]:
-        """The next kept record of the files in order, or None at the end (when not looping)."""
+    def _read(self, within_epoch: bool = False) -> Optional[list[int]]:
+        """Where the next kept line of the files is, in order ([file index, offset, line, epoch]; the line is
+        checked now, so a bad line stops the run when it is first read), or None at the end of the files when
+        not looping or `within_epoch`."""
         while True:
             if self.file_index == len(self.files):
-                if not self.loop:
+                if not self.loop or within_epoch:
                     return None
                 if self._kept_this_epoch == 0:
                     raise ValueError(f"No training records in {self.files} (every line is empty or held out).")
@@ -99,6 +149,7 @@ class JsonlStream:
             if self._handle is None:
                 self._handle = open(path, "rb")
                 self._handle.seek(self.offset)
+            start = self.offset
             raw = self._handle.readline()
             if not raw:
                 self._close()
@@ -109,13 +160,22 @@ class JsonlStream:
             line = raw.strip()
             if not line or (self.keep is not None and not self.keep(line)):
                 continue
-            location = f"{path}:{self.line_no}"
+            self._parse(line, f"{path}:{self.line_no}")
             self._kept_this_epoch += 1
-            return [self._parse(line, location), location, self.epoch]
+            return [self.file_index, start, self.line_no, self.epoch]
+
+    def _record_at(self, file_index: int, offset: int, line_no: int) -> tuple[dict, str]:
+        """The record of the line at (file, byte offset), read again, and its location "path:line"."""
+        handle = self._readers.get(file_index)
+        if handle is None:
+            handle = self._readers[file_index] = open(self.files[file_index], "rb")
+        handle.seek(offset)
+        location = f"{self.files[file_index]}:{line_no}"
+        return self._parse(handle.readline().strip(), location), location
 
     def _parse(self, line: bytes, location: str) -> dict:
         try:
-            record = json.loads(line)
+            record = json.loads(decode_line(line, location))
         except json.JSONDecodeError as error:
             raise ValueError(f"{location}: not a JSON line ({error}).") from None
         value = record.get(self.key) if isinstance(record, dict) else None
@@ -130,7 +190,8 @@ class JsonlStream:
 
     def __next__(self) -> tuple[dict, str]:
         while len(self.buffer) < max(1, self.shuffle_buffer):
-            item = self._read()
+            # one epoch at a time: the next pass over the files starts once this one's lines are all drawn
+            item = self._read(within_epoch=bool(self.buffer))
             if item is None:
                 break
             self.buffer.append(item)
@@ -138,8 +199,8 @@ class JsonlStream:
             raise StopIteration
         i = self.rng.randrange(len(self.buffer)) if self.shuffle_buffer > 1 else 0
         self.buffer[i], self.buffer[-1] = self.buffer[-1], self.buffer[i]
-        record, location, self.last_epoch = self.buffer.pop()
-        return record, location
+        file_index, offset, line_no, self.last_epoch = self.buffer.pop()
+        return self._record_at(file_index, offset, line_no)
 
 
 def _as_tuples(value):
@@ -174,8 +235,10 @@ class PackedRows:
                     return out
                 # a spelled <|mdm_mask|> stays text
                 self.carry += encode_plain(self.tokenizer, record["text"]) + self.separator
-            out.append(self.carry[: self.length])
-            self.carry = self.carry[self.length :]
+            # every row the carry holds at once: one copy of the carry per call, even for a huge document
+            take = min(n - len(out), len(self.carry) // self.length)
+            out += [self.carry[i * self.length : (i + 1) * self.length] for i in range(take)]
+            self.carry = self.carry[take * self.length :]
         return out
 
 
@@ -189,9 +252,14 @@ def conversation_pairs(tokenizer, messages: list, location: str = "messages") ->
     (int lists), in order.
     """
     check_messages(messages, location)
-    pairs = [
-        turn_pair(tokenizer, messages[: k + 1], location) for k, m in enumerate(messages) if m["role"] == "assistant"
-    ]
+    pairs = []
+    for k, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        if k == 0:
+            raise ValueError(f"{location}: the conversation starts with an assistant message, which answers "
+                             "nothing; put the 'user' message it answers before it.")  # fmt: skip
+        pairs.append(turn_pair(tokenizer, messages[: k + 1], location))
     if not pairs:
         raise ValueError(f"{location}: a conversation needs at least one assistant message.")
     return pairs
@@ -206,8 +274,12 @@ def check_messages(messages: list, location: str) -> None:
 
 def turn_pair(tokenizer, messages: list, location: str = "messages") -> Pair:
     """(prompt ids, answer ids) of the last message of a conversation, an assistant turn (see conversation_pairs)."""
-    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    try:
+        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception as error:  # the template's own error (no template, a role it refuses, ...)
+        raise ValueError(f"{location}: the tokenizer's chat template failed on this conversation "
+                         f"({type(error).__name__}: {error}).") from None  # fmt: skip
     if not full.startswith(prompt):
         raise ValueError(f"{location}: the tokenizer's chat template does not render the prompt as a prefix "
                          "of prompt + answer; SFT needs such a template.")  # fmt: skip

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .. import tinyworld
 from ..evaluation import family_accuracy
+from ..storage import commit_folder, prepare_staging, recover_folder, staging_folder, write_text_atomic
 from ..tokenizer import build_tokenizer
 from .args import TrainArgs, check_args
 from .data import row_attention, training_data
@@ -35,6 +36,7 @@ from .model import (
     load_training_tokenizer,
     new_model,
     save_checkpoint,
+    write_checkpoint,
 )
 from .preference import (
     held_out_parts,
@@ -129,19 +131,54 @@ def validation_loss(
 
 def save_training_state(accelerator, model, optimizer, tokenizer, folder: Path, fsdp: bool, state: dict) -> None:
     """Weights and tokenizer (a usable checkpoint) plus what --resume needs: step, tokens, data position,
-    optimizer (one file; under FSDP one shard per process in folder/optimizer)."""
+    optimizer (one file; under FSDP one shard per process in folder/optimizer).
+
+    Crash-safe: everything is written into ``FOLDER.saving`` beside folder, fsync'ed, and swapped in with
+    renames (genjo/storage.py), so a kill at any moment leaves the previous checkpoint or this one whole.
+    """
     full_state = accelerator.get_state_dict(model) if fsdp else None
+    staging = staging_folder(folder)
+    if accelerator.is_main_process:
+        prepare_staging(folder)
     accelerator.wait_for_everyone()
     if fsdp:
         from accelerate.utils import save_fsdp_optimizer
 
-        save_fsdp_optimizer(accelerator.state.fsdp_plugin, accelerator, optimizer, model, str(folder / "optimizer"))
+        save_fsdp_optimizer(accelerator.state.fsdp_plugin, accelerator, optimizer, model, str(staging / "optimizer"))
     else:
         state["optimizer"] = optimizer.state_dict()
+    accelerator.wait_for_everyone()  # every process's optimizer shard is written
     if accelerator.is_main_process:
-        save_checkpoint(accelerator.unwrap_model(model), tokenizer, str(folder), state_dict=full_state)
-        torch.save({**state, "world_size": accelerator.num_processes}, folder / STATE_FILE)
+        write_checkpoint(accelerator.unwrap_model(model), tokenizer, staging, state_dict=full_state)
+        torch.save({**state, "world_size": accelerator.num_processes}, staging / STATE_FILE)
+        commit_folder(staging, folder)
     accelerator.wait_for_everyone()
+
+
+def load_training_state(path: Path, fsdp: bool) -> dict:
+    """The training state saved with a checkpoint (tensors and plain Python values only: loading cannot run
+    code); a ValueError naming the file when it cannot be read or lacks what --resume needs."""
+    fix = "resume from an intact copy of the run folder, or start again with --no-resume"
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as error:  # a truncated or foreign file: EOFError, UnpicklingError, IndexError, RuntimeError...
+        raise ValueError(f"{path} cannot be read as a training state ({type(error).__name__}: {error}); "
+                         f"{fix}.") from None  # fmt: skip
+    needed = ("step", "tokens", "data") if fsdp else ("step", "tokens", "data", "optimizer")
+    missing = [key for key in needed if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ValueError(f"{path} is not a complete training state (no {', '.join(missing)}); {fix}.")
+    return state
+
+
+def restore(what: str, path: Path, load, state) -> None:
+    """load(state) (a data source's or the optimizer's load_state_dict); a ValueError naming the state file
+    when the saved part does not fit this run."""
+    try:
+        load(state)
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: the saved {what} does not fit this run ({type(error).__name__}: {error}); "
+                         "resume with the run's own settings, or start again with --no-resume.") from None  # fmt: skip
 
 
 def gathered_accuracy(model, tokenizer, args, accelerator) -> dict[str, float]:
@@ -175,10 +212,12 @@ def train(args: TrainArgs, data=None) -> str:
     run_dir = Path(args.run_dir)
     last_dir = run_dir / "last"
 
+    if accelerator.is_main_process:
+        recover_folder(last_dir)  # a save killed between its two renames left the previous checkpoint aside
+    accelerator.wait_for_everyone()
     state = None
     if args.resume and (last_dir / STATE_FILE).exists():
-        # Only tensors and plain Python values: a checkpoint file cannot run code when loaded.
-        state = torch.load(last_dir / STATE_FILE, weights_only=True)
+        state = load_training_state(last_dir / STATE_FILE, fsdp)
         if state.get("world_size", world) != world and fsdp:
             raise ValueError(f"{last_dir} holds FSDP optimizer shards of {state['world_size']} processes; "
                              f"resume with the same number of processes (not {world}).")  # fmt: skip
@@ -210,7 +249,7 @@ def train(args: TrainArgs, data=None) -> str:
     if data is None:
         data = training_data(args, tokenizer)
     if state is not None:
-        data.load_state_dict(state.get("data", {}))
+        restore("data position", last_dir / STATE_FILE, data.load_state_dict, state["data"])
     eval_batches = data.eval_batches()
     vrpo = args.stage == "vrpo"
     if vrpo:  # the frozen reference: the --init checkpoint, also when resuming
@@ -219,7 +258,7 @@ def train(args: TrainArgs, data=None) -> str:
         stored_reference = reference_on_held_out(reference, held_out, mask_id)
     optimizer = make_optimizer(args, model)
     if state is not None and not fsdp:
-        optimizer.load_state_dict(state["optimizer"])
+        restore("optimizer state", last_dir / STATE_FILE, optimizer.load_state_dict, state["optimizer"])
     model.train()
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
@@ -229,7 +268,7 @@ def train(args: TrainArgs, data=None) -> str:
         load_fsdp_optimizer(accelerator.state.fsdp_plugin, accelerator, optimizer, model, str(last_dir / "optimizer"))
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "args.json").write_text(json.dumps(asdict(args), indent=2))
+        write_text_atomic(run_dir / "args.json", json.dumps(asdict(args), indent=2))
         n_params = sum(p.numel() for p in unwrapped.parameters())
         print(f"{args.stage}: {n_params / 1e6:.2f}M parameters, {world} process(es), steps {start_step}..{args.steps}")
         if args.data:

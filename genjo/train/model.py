@@ -12,6 +12,7 @@ from ..configuration_genjo_moe import GenjoMoeConfig
 from ..loading import load_config, load_tokenizer, model_class
 from ..modeling_genjo import GenjoModelLM
 from ..modeling_genjo_moe import GenjoMoeModelLM
+from ..storage import replacing_folder
 from ..tokenizer import special_token_ids
 from .args import TrainArgs
 from .losses import OBJECTIVES
@@ -122,13 +123,22 @@ def enable_gradient_checkpointing(model) -> None:
         block.forward = functools.partial(checkpointed, block.forward)
 
 
-def save_checkpoint(model, tokenizer, folder: str, sampler_defaults: Optional[dict] = None, state_dict=None) -> None:
-    """Hugging Face folder with weights (safetensors), config, modeling code and tokenizer.
+def write_checkpoint(model, tokenizer, folder, sampler_defaults: Optional[dict] = None, state_dict=None) -> None:
+    """Write weights (safetensors), config, modeling code and tokenizer into folder (an empty one: the
+    staging folder of a crash-safe save; ``save_checkpoint`` is the call that replaces a checkpoint).
 
     sampler_defaults: written into config.json (the settings scripts use for flags left unset), or None.
     state_dict: the full weights when the model is sharded (FSDP), else None (the model's own).
     """
     if sampler_defaults is not None:
         model.config.sampler_defaults = sampler_defaults
-    model.save_pretrained(folder, state_dict=state_dict)
-    tokenizer.save_pretrained(folder)
+    model.save_pretrained(str(folder), state_dict=state_dict)
+    tokenizer.save_pretrained(str(folder))
+
+
+def save_checkpoint(model, tokenizer, folder: str, sampler_defaults: Optional[dict] = None, state_dict=None) -> None:
+    """Hugging Face folder with weights (safetensors), config, modeling code and tokenizer, saved crash-safe:
+    written beside folder, fsync'ed, then swapped in (genjo/storage.py), so a kill leaves the previous
+    folder or the new one, never a partial one. Arguments as ``write_checkpoint``."""
+    with replacing_folder(folder) as staging:
+        write_checkpoint(model, tokenizer, staging, sampler_defaults, state_dict)
