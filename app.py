@@ -434,7 +434,10 @@ def main(argv=None) -> None:
     print(f"Using device: {model.device}", flush=True)
     demo = build_demo(model, tokenizer, name=args.model)
     demo.queue(max_size=32, default_concurrency_limit=1)
-    launch(demo, server_name=args.host, server_port=args.port, share=args.share, css=CSS, ssr_mode=False)
+    if not args.share:  # Gradio's own hint says "set share=True in launch()"; this command's option is --share
+        print(f"Running on http://{args.host}:{args.port} (add --share for a public gradio.live link)", flush=True)
+    launch(demo, server_name=args.host, server_port=args.port, share=args.share, css=CSS, ssr_mode=False,
+           quiet=not args.share)  # fmt: skip
 
 
 if __name__ == "__main__":
