@@ -260,7 +260,7 @@ def test_flags_left_unset_take_the_checkpoint_sampler_defaults(instruct_model_pa
 def test_help_names_every_default(capsys):
     parser = chat_script.build_parser()
     flags = [action for action in parser._actions if action.dest != "help"]
-    assert len(flags) == 12 and all("(default: " in action.help for action in flags)
+    assert len(flags) == 15 and all("(default: " in action.help for action in flags)
     with pytest.raises(SystemExit):
         chat_script.main(["--help"])
     assert "SPEC" not in capsys.readouterr().out and "SPEC" not in chat_script.__doc__

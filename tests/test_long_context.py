@@ -14,6 +14,7 @@ from genjo import GenjoModelLM, generate, load_model, niah, rope_scaling_factor
 from genjo.chat_format import user_turn_ids
 from genjo.loading import DEFAULT_MODEL, add_model_arguments, load_from_args
 from genjo.long_context import critical_dimension, extend_context
+from genjo.modeling_genjo import additive_attention_bias
 from genjo.niah import make_needle
 from genjo.train import TrainArgs, check_args, packed_rows, train
 from genjo.train.data import document_attention_mask, row_attention
@@ -171,9 +172,9 @@ def test_padding_mask_becomes_a_broadcast_key_bias_not_a_square_one():
     """The padding bias is (B, 1, 1, S): SDPA broadcasts it, so a fused kernel never holds T x T of it."""
     mask = torch.ones(2, 50, dtype=torch.long)
     mask[1, :7] = 0
-    bias = GenjoModelLM(tiny_config()).model._attention_bias(mask, None, 50, 50, torch.float32)
+    bias = additive_attention_bias(mask, None, 50, 50, torch.float32)
     assert bias.shape == (2, 1, 1, 50)
-    assert GenjoModelLM(tiny_config()).model._attention_bias(torch.ones(2, 50), None, 50, 50, torch.float32) is None
+    assert additive_attention_bias(torch.ones(2, 50), None, 50, 50, torch.float32) is None
 
 
 @pytest.mark.slow
