@@ -9,6 +9,7 @@ of context lengths x needle depths, saved as JSON and drawn as a heat map (genjo
 
 import argparse
 
+from genjo.cli import run_command
 from genjo.loading import add_model_arguments, load_from_args
 from genjo.niah import accuracy_table, plot_heatmap, run_grid, save_results
 from genjo.settings import add_sampler_arguments, resolve_sampler_settings
@@ -48,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

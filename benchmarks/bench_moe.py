@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.benchmark import Timer
 
+from genjo.cli import run_command
 from genjo.configuration_genjo_moe import GenjoMoeConfig
 from genjo.loading import default_device
 from genjo.modeling_genjo_moe import ExpertMLP, SparseMoe
@@ -77,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from genjo.cli import run_command
+
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = {"1 thread (default)": "1", "torch default": "0"}  # label -> --threads
 
@@ -113,4 +115,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from genjo import tinyworld
+from genjo.cli import run_command
 from genjo.loading import add_model_arguments, load_from_args
 from genjo.train.data import preference_rows, sft_example
 from genjo.train.preference import draw_preference_noise, pair_scores, reference_pair_elbos, vrpo_loss
@@ -161,4 +162,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -17,6 +17,7 @@ import json
 import random
 
 from genjo import tinyworld
+from genjo.cli import run_command
 
 SECOND_FAMILIES = ("sorting", "reversal", "addition")  # capitals: the held-out countries are unknown in any turn
 
@@ -72,4 +73,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

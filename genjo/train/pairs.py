@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..chat_format import encode_chat, left_padded
+from ..cli import run_command
 from ..sampling import generate
 from ..settings import resolve_sampler_settings
 from .files import check_messages, json_objects
@@ -119,4 +120,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, prog="python -m genjo.train.pairs")
