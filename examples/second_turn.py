@@ -1,10 +1,11 @@
 """Teach the single-turn embedded instruct model to answer a second question, by VRPO on its own mistakes.
 
-    python -m examples.second_turn prompts prompts.jsonl --n 600                  # first turn done, second asked
-    python -m genjo.train.pairs --input prompts.jsonl --output prefs.jsonl        # (its answer, the right one)
-    python -m examples.second_turn prompts firsts.jsonl --n 200 --turn first      # questions asked alone
-    python -m genjo.train.pairs --input firsts.jsonl --output keep.jsonl --corrupt  # (its answer, a corrupted one)
-    python -m genjo.train vrpo --init genjo/checkpoints/genjo-tiny-instruct --data 'p*.jsonl' --run-dir runs/vrpo
+    python -m examples.second_turn prompts prompts.jsonl --n 480                  # first turn done, second asked
+    python -m genjo.train.pairs --input prompts.jsonl --output prefs_second.jsonl # (its answer, the right one)
+    python -m examples.second_turn prompts firsts.jsonl --n 160 --turn first      # questions asked alone
+    python -m genjo.train.pairs --input firsts.jsonl --output prefs_first.jsonl --corrupt   # (right, corrupted)
+    python -m genjo.train vrpo --init genjo/checkpoints/genjo-tiny-instruct --data 'prefs_*.jsonl' \
+        --run-dir runs/vrpo --steps 40 --budget 4
     python -m examples.second_turn accuracy --model runs/vrpo/final                # first and second turns
 
 A conversation is a first question of any family with its correct answer, then a second question of
