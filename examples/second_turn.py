@@ -1,15 +1,19 @@
 """Teach the single-turn embedded instruct model to answer a second question, by VRPO on its own mistakes.
 
-    python -m examples.second_turn prompts prompts.jsonl --n 600                  # first turn done, second asked
-    python -m genjo.train.pairs --input prompts.jsonl --output prefs.jsonl        # (its answer, the right one)
-    python -m genjo.train vrpo --init genjo/checkpoints/genjo-tiny-instruct --data prefs.jsonl --run-dir runs/vrpo
+    python -m examples.second_turn prompts prompts.jsonl --n 480                  # first turn done, second asked
+    python -m genjo.train.pairs --input prompts.jsonl --output prefs_second.jsonl # (its answer, the right one)
+    python -m examples.second_turn prompts firsts.jsonl --n 160 --turn first      # questions asked alone
+    python -m genjo.train.pairs --input firsts.jsonl --output prefs_first.jsonl --corrupt   # (right, corrupted)
+    python -m genjo.train vrpo --init genjo/checkpoints/genjo-tiny-instruct --data 'prefs_*.jsonl' \
+        --run-dir runs/vrpo --steps 40 --budget 4
     python -m examples.second_turn accuracy --model runs/vrpo/final                # first and second turns
 
 A conversation is a first question of any family with its correct answer, then a second question of
 sorting, reversal or addition. The embedded model, fine-tuned on one question at a time, garbles many second
-answers. `prompts --split train` draws the second questions from the tiny world's training split, `accuracy`
-asks held-out ones (the 10% of questions no training data ever contains), on conversations of another seed,
-and first turns alone (held-out problems of the same three families) to see that they are kept.
+answers. Pairs of first turns (its right answer against a corrupted copy), mixed in, keep what it knew.
+`prompts` draws the questions from the tiny world's training split (`--split`), `accuracy` asks held-out ones
+(the 10% of questions no training data ever contains), second turns on conversations of another seed, and
+first turns alone (held-out problems of the same three families) to see that they are kept.
 """
 
 import argparse
@@ -33,13 +37,17 @@ def conversations(n: int, seed: int, split: str) -> list[tuple[list[dict], str]]
     return out
 
 
+def first_turns(n: int, seed: int, split: str) -> list[tuple[list[dict], str]]:
+    """n (messages of one question of sorting, reversal or addition, its correct answer) of the given split."""
+    return [([{"role": "user", "content": p.question}], p.answer)
+            for p in tinyworld.sample_problems(n, seed, SECOND_FAMILIES, split)]  # fmt: skip
+
+
 def accuracy(model, tokenizer, n: int, seed: int = 12345) -> dict[str, float]:
     """Exact match on n held-out second turns and n held-out first turns (greedy, the checkpoint's settings)."""
     from genjo.train.pairs import sample_answers
 
-    second = conversations(n, seed, "heldout")
-    firsts = tinyworld.sample_problems(n, seed, SECOND_FAMILIES, "heldout")
-    first = [([{"role": "user", "content": p.question}], p.answer) for p in firsts]
+    second, first = conversations(n, seed, "heldout"), first_turns(n, seed, "heldout")
     scores = {}
     for name, items in (("first turn", first), ("second turn", second)):
         answers = sample_answers(model, tokenizer, [m for m, _ in items], temperature=0.0)
@@ -57,13 +65,17 @@ def main(argv=None) -> None:
     prompts.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     prompts.add_argument("--split", default="train", choices=["train", "heldout"],
                          help="split of the second questions (default: %(default)s)")  # fmt: skip
+    prompts.add_argument("--turn", default="second", choices=["first", "second"],
+                         help="second: a second question after a first turn; first: one question alone "
+                              "(default: %(default)s)")  # fmt: skip
     scores = sub.add_parser("accuracy", help="exact match on held-out first and second turns")
     scores.add_argument("--model", default=None, help="checkpoint (default: the embedded instruct model)")
     scores.add_argument("--n", type=int, default=128, help="questions of each kind (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.command == "prompts":
         with open(args.output, "w") as f:
-            for messages, answer in conversations(args.n, args.seed, args.split):
+            make = conversations if args.turn == "second" else first_turns
+            for messages, answer in make(args.n, args.seed, args.split):
                 f.write(json.dumps({"messages": messages, "answer": answer}) + "\n")
         return
     from genjo import load_model

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from genjo.train import TrainArgs, forward_process, sft_loss, train
 from genjo.train.files import check_preference_files, preference_triple
-from genjo.train.pairs import exact_match, label_pairs
+from genjo.train.pairs import corrupted, exact_match, label_pairs
 from genjo.train.preference import (
     ElboNoise,
     draw_elbo_noise,
@@ -180,6 +180,17 @@ def test_pairs_are_the_models_wrong_answer_against_a_right_one():
     references = ["right-a", "right-b", "right-c"]
     pairs = label_pairs(conversations, answers, exact_match(references), references)
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [("right-a", "x"), ("right-c", "y")]
+
+
+def test_corrupt_turns_a_conversation_answered_right_into_a_pair_against_a_corrupted_copy():
+    assert [corrupted(a) for a in ("1 2 3", "43", "5", " 7 ")] == ["1 2", "4", "5 5", "7 7"]
+    conversations = [[{"role": "user", "content": q}] for q in ("a", "b", "c")]
+    answers = [["x", "right a"], ["right b", "right b"], ["y", "z"]]
+    references = ["right a", "right b", "right c"]
+    pairs = label_pairs(conversations, answers, exact_match(references), references, corrupt=corrupted)
+    # a wrong answer of its own is still preferred to a corrupted copy; the corrupted copy only fills in
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("right a", "x"), ("right b", "right"), ("right c", "y")]
+    assert pairs[1]["messages"] == conversations[1]
 
 
 # ----------------------------------------------------------------------------- the stage

@@ -5,9 +5,12 @@ The input is a JSON-lines file of prompts with their correct answer,
 ``--samples`` times (the sampler flags of every script; a temperature > 0 gives different answers); a checker
 (exact match with the "answer" after stripping, by default) labels each one. A prompt gives a pair when some
 answer is wrong: rejected = the model's first wrong answer, chosen = its first correct answer, or the given
-"answer" when none was correct. Prompts the model always answers correctly give no pair.
+"answer" when none was correct. Prompts the model always answers correctly give no pair, unless ``--corrupt``:
+then they give (its correct answer, a corrupted copy of it), pairs that reward what the model already does
+right, to mix with the others so that training on its mistakes does not cost it what it knew.
 
     python -m genjo.train.pairs --input prompts.jsonl --output prefs.jsonl --samples 2 --temperature 0.8
+    python -m genjo.train.pairs --input known.jsonl --output keep.jsonl --corrupt     # pairs of correct answers
 """
 
 import argparse
@@ -64,20 +67,34 @@ def sample_answers(
     return answers
 
 
+def corrupted(answer: str) -> str:
+    """A wrong copy of an answer, never equal to it: the last word dropped ("1 2 3" -> "1 2"), else the last
+    character ("43" -> "4"), else the answer said twice ("5" -> "5 5")."""
+    words = answer.split()
+    if len(words) >= 2:
+        return " ".join(words[:-1])
+    if len(answer.strip()) >= 2:
+        return answer.strip()[:-1]
+    return f"{answer.strip()} {answer.strip()}".strip() or "?"
+
+
 def label_pairs(
     conversations: Sequence[list], answers: Sequence[list], is_correct: Callable[[int, str], bool],
-    references: Optional[Sequence[str]] = None,
+    references: Optional[Sequence[str]] = None, corrupt: Optional[Callable[[str], str]] = None,
 ) -> list[dict]:  # fmt: skip
     """Preference records {"messages", "chosen", "rejected"} from labelled answers.
 
     is_correct(i, answer): the checker of conversation i. chosen: the first correct answer, else references[i]
-    (when given); rejected: the first wrong answer different from chosen. Conversations without both give none.
+    (when given); rejected: the first wrong answer different from chosen, else corrupt(chosen) when corrupt is
+    given (a conversation the model always answers right). Conversations without both give none.
     """
     pairs = []
     for i, (messages, own) in enumerate(zip(conversations, answers)):
         correct = [a for a in own if is_correct(i, a)]
         chosen = correct[0] if correct else (references[i] if references is not None else None)
         wrong = [a for a in own if not is_correct(i, a) and a != chosen]
+        if chosen is not None and not wrong and corrupt is not None and corrupt(chosen) != chosen:
+            wrong = [corrupt(chosen)]
         if chosen is not None and wrong:
             pairs.append({"messages": list(messages), "chosen": chosen, "rejected": wrong[0]})
     return pairs
@@ -100,6 +117,8 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=1, help="answers per prompt (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per forward (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples (default: %(default)s)")
+    parser.add_argument("--corrupt", action="store_true",
+                        help="a prompt answered right every time gives (its answer, a corrupted copy) too")  # fmt: skip
     add_sampler_arguments(parser)
     args = parser.parse_args(argv)
     if args.samples < 1:
@@ -111,7 +130,9 @@ def main(argv=None) -> None:
     references = [r["answer"] for r in records]
     answers = sample_answers(model, tokenizer, conversations, args.samples, args.batch_size, args.seed, True,
                              **settings)  # fmt: skip
-    pairs = label_pairs(conversations, answers, exact_match(references), references)
+    pairs = label_pairs(
+        conversations, answers, exact_match(references), references, corrupted if args.corrupt else None
+    )
     with open(args.output, "w") as f:
         f.writelines(json.dumps(pair) + "\n" for pair in pairs)
     correct = sum(exact_match(references)(i, a) for i, own in enumerate(answers) for a in own)
