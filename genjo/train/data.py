@@ -7,6 +7,7 @@ Every process builds the same global batch and trains on its own slice of rows.
 """
 
 import random
+from collections.abc import Callable, Iterator
 from typing import Optional
 
 import torch
@@ -39,15 +40,32 @@ def document_attention_mask(input_ids: torch.Tensor, eos_id: int) -> torch.Tenso
     return (document[:, :, None] == document[:, None, :])[:, None]
 
 
-def packed_rows(rng: random.Random, tokenizer, n: int, length: int, packing: str = "eod") -> list[list[int]]:
-    """n rows of `length` tokens cut from plain-text sentences joined by EOS (by nothing under "concat")."""
+def tiny_world_documents(tokenizer, seed: int) -> Iterator[list[int]]:
+    """Endless token ids of the tiny world's plain-text sentences, one list per sentence."""
+    for sentence in tinyworld.pretraining_documents(seed):
+        yield tokenizer(sentence, add_special_tokens=False)["input_ids"]
+
+
+def packed_rows(
+    rng: random.Random,
+    tokenizer,
+    n: int,
+    length: int,
+    packing: str = "eod",
+    documents: Optional[Callable[[int], Iterator[list[int]]]] = None,
+) -> list[list[int]]:
+    """n rows of `length` tokens cut from documents joined by EOS (by nothing under "concat").
+
+    documents: seed -> endless token-id lists, one per document; default the tiny world's sentences.
+    """
     separator = document_separator(tokenizer, packing)
     rows = []
     for _ in range(n):
-        sentences = tinyworld.pretraining_documents(rng.getrandbits(63))
+        seed = rng.getrandbits(63)
+        source = documents(seed) if documents is not None else tiny_world_documents(tokenizer, seed)
         row: list[int] = []
         while len(row) < length:
-            row += tokenizer(next(sentences), add_special_tokens=False)["input_ids"] + separator
+            row += next(source) + separator
         start = rng.randrange(0, len(row) - length + 1)  # not always at a sentence start
         rows.append(row[start : start + length])
     return rows

@@ -206,6 +206,7 @@ def train(args: TrainArgs, data=None) -> str:
     eos_id = tokenizer.eos_token_id  # ends each packed document (document-level attention masks)
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    tiny_world = data is None and not args.data  # the tiny world's own accuracy and sampler settings apply
     if data is None:
         data = training_data(args, tokenizer)
     if state is not None:
@@ -295,7 +296,7 @@ def train(args: TrainArgs, data=None) -> str:
                 progress.set_description(f"{args.stage} (validation)")
                 record["val_loss"] = validation_loss(model, eval_batches, args, mask_id, accelerator,
                                                      accelerator.is_main_process, eos_id)  # fmt: skip
-            if args.stage == "sft" and not args.data:
+            if args.stage == "sft" and tiny_world:
                 progress.set_description(f"{args.stage} (held-out accuracy)")
                 record["accuracy"] = gathered_accuracy(unwrapped, tokenizer, args, accelerator)
             if use_cuda:
@@ -322,7 +323,7 @@ def train(args: TrainArgs, data=None) -> str:
             print(f"peak memory per process (GiB): {peaks}")
     final = args.export or str(run_dir / "final")
     sampler = None
-    if args.stage == "sft" and not args.data:  # a tiny-world instruct model: answers with the tiny world's settings
+    if args.stage == "sft" and tiny_world:  # a tiny-world instruct model: answers with the tiny world's settings
         sampler = dict(tinyworld.SAMPLER_DEFAULTS)
     full_state = accelerator.get_state_dict(model) if fsdp else None
     accelerator.wait_for_everyone()
