@@ -132,20 +132,41 @@ def base_batches(tokenizer, needles, length: int, batch_size: int, seed: int):
 
 
 def packed_batches(tokenizer, needles, length: int, batch_size: int, packing: str, seed: int):
-    """step -> (input_ids (batch_size, length), None): needle documents (chat prompt, answer, <|eot_id|>) drawn
-    from the pool and packed by ``genjo.train.data.packed_rows`` under `packing`; the same draws for every packing."""
-    from .train.data import packed_rows, sft_example
+    """step -> (input_ids (batch_size, length), prompt_lengths (batch_size,)[, attention_bias]): packed SFT rows.
 
-    documents = [sum(sft_example(tokenizer, needle), []) for needle in needles]
+    A row is needle documents (chat prompt, number, <|eot_id|>) drawn from the pool and joined as `packing` says
+    (EOS, or nothing under "concat"), EOS padding, then one more needle whose answer is the row's last tokens and
+    the only part masked and scored (the SFT loss). Under "document" the third item is the rows' document-level
+    attention mask, (b, 1, L, L) bool: the question sees only its own haystack. The same draws for every packing.
+    """
+    from .train.data import document_attention_mask, document_separator, sft_example
 
-    def source(document_seed: int):
-        rng = random.Random(document_seed)
+    pairs = [sft_example(tokenizer, needle) for needle in needles]
+    separator, eos = document_separator(tokenizer, packing), tokenizer.eos_token_id
+    too_long = [len(p) + len(a) for p, a in pairs if len(p) + len(a) > length]
+    if too_long:
+        raise ValueError(f"needle documents of {max(too_long)} tokens do not fit in rows of {length}")
+
+    def row(rng: random.Random) -> tuple[list[int], int]:
+        prompt, answer = pairs[rng.randrange(len(pairs))]  # the needle asked about
+        room = length - len(prompt) - len(answer)
+        context: list[int] = []
         while True:
-            yield documents[rng.randrange(len(documents))]
+            other_prompt, other_answer = pairs[rng.randrange(len(pairs))]
+            if len(context) + len(other_prompt) + len(other_answer) + len(separator) > room:
+                break
+            context += other_prompt + other_answer + separator
+        padding = [eos] * (room - len(context))
+        return context + padding + prompt + answer, room + len(prompt)
 
     def batch(step: int):
         rng = random.Random(f"niah-post:{seed}:{step}")
-        return torch.tensor(packed_rows(rng, tokenizer, batch_size, length, packing, source), dtype=torch.long), None
+        rows = [row(rng) for _ in range(batch_size)]
+        input_ids = torch.tensor([ids for ids, _ in rows], dtype=torch.long)
+        prompt_lengths = torch.tensor([n for _, n in rows], dtype=torch.long)
+        if packing == "document":
+            return input_ids, prompt_lengths, document_attention_mask(input_ids, eos)
+        return input_ids, prompt_lengths
 
     return batch
 
@@ -171,8 +192,8 @@ def train_base(args: ExperimentArgs, tokenizer, tokenizer_dir: str, run_dir: Pat
 
 
 def post_train(args: ExperimentArgs, base: str, tokenizer, needles, packing: str, run_dir: Path) -> str:
-    """(d): the base scaled for long_length by the diffusion-aware law, then post-trained on packed rows of
-    long_length tokens under `packing`; returns its folder. A finished one is reused."""
+    """(d): the base scaled for long_length by the diffusion-aware law, then post-trained on packed SFT rows of
+    long_length tokens under `packing` (``packed_batches``); returns its folder. A finished one is reused."""
     from .loading import load_model
     from .train import TrainArgs, train
 
@@ -185,8 +206,8 @@ def post_train(args: ExperimentArgs, base: str, tokenizer, needles, packing: str
     model.save_pretrained(scaled)
     tokenizer.save_pretrained(scaled)
     train_args = TrainArgs(
-        stage="pretrain", run_dir=str(folder), init=str(scaled), seed=args.seed, steps=args.post_steps,
-        batch_size=args.post_batch_size, seq_len=args.long_length, packing=packing, lr=args.post_lr,
+        stage="sft", run_dir=str(folder), init=str(scaled), seed=args.seed, steps=args.post_steps,
+        batch_size=args.post_batch_size, packing=packing, lr=args.post_lr,
         min_lr=args.post_lr / 10, warmup_steps=max(1, args.post_steps // 10), eval_every=max(1, args.post_steps // 5),
         save_every=args.post_steps,
     )  # fmt: skip

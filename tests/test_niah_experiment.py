@@ -10,7 +10,6 @@ from genjo import niah
 from genjo.chat_format import user_turn_ids
 from genjo.niah_experiment import (
     ExperimentArgs,
-    NeedleData,
     check_experiment_args,
     packed_batches,
     plot,
@@ -59,17 +58,24 @@ def test_sft_rows_put_the_number_right_after_the_prompt(tiny_tokenizer):
         sft_table(tiny_tokenizer, needles, 80)
 
 
-def test_post_training_rows_pack_the_same_documents_under_each_packing(tiny_tokenizer):
+def test_post_training_rows_pack_other_needles_before_the_one_asked(tiny_tokenizer):
     needles = niah.training_needles(tiny_tokenizer, 6, seed=2, min_length=64, max_length=100)
     batches = {p: packed_batches(tiny_tokenizer, needles, 256, 3, p, seed=0) for p in ("document", "eod", "concat")}
-    rows = {p: batch(5)[0] for p, batch in batches.items()}
-    assert all(r.shape == (3, 256) and r.dtype == torch.int64 for r in rows.values())
-    assert torch.equal(rows["document"], rows["eod"])  # the same draws; only the attention differs
-    eos = tiny_tokenizer.eos_token_id
-    assert (rows["eod"] == eos).any() and not (rows["concat"] == eos).any()
-    assert torch.equal(batches["eod"](5)[0], rows["eod"]) and not torch.equal(batches["eod"](6)[0], rows["eod"])
-    data = NeedleData(batches["eod"])
-    assert data.batch(5)[1] is None and data.eval_batches() == [] and data.state_dict() == {}
+    eos, eot = tiny_tokenizer.eos_token_id, tiny_tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    ids, prompt_lengths, bias = batches["document"](5)
+    assert ids.shape == (3, 256) and ids.dtype == torch.int64 and bias.shape == (3, 1, 256, 256)
+    assert torch.equal(ids, batches["eod"](5)[0]) and len(batches["eod"](5)) == 2  # the same draws, no mask
+    assert not (batches["concat"](5)[0][:, :-8] == eos).all(dim=1).any()
+    for row, prompt_length, mask in zip(ids.tolist(), prompt_lengths.tolist(), bias):
+        # The row ends with the asked needle's number and <|eot_id|>, the only columns after the prompt.
+        answer = tiny_tokenizer.decode(row[prompt_length:-1])
+        assert row[-1] == eot and answer.isdigit() and len(answer) == 4
+        asked = tiny_tokenizer.decode(row[:prompt_length]).rsplit("<|startoftext|>", 1)[1]
+        assert f"is {answer}." in asked and row.count(tiny_tokenizer.bos_token_id) >= 2  # other needles before
+        start = prompt_length - len(tiny_tokenizer(asked, add_special_tokens=False)["input_ids"]) - 1
+        assert mask[0, -1, start:].all() and not mask[0, -1, : start - 1].any()  # sees its own document only
+    with pytest.raises(ValueError, match="do not fit"):
+        packed_batches(tiny_tokenizer, needles, 64, 3, "eod", seed=0)
 
 
 @pytest.mark.parametrize(
@@ -113,6 +119,8 @@ def test_a_miniature_run_trains_scales_post_trains_and_tests(tmp_path, one_threa
     none, ntk, _, post = results["methods"].values()
     assert [r["length"] for r in none] == [128, 256] and [r["factor"] for r in ntk] == [1.0, 2.0]
     assert [r["factor"] for r in post] == [1.0, 1.0]  # the one base of the post-trained model
+    post_curve = (tmp_path / "post-document" / "learning_curve.jsonl").read_text().splitlines()
+    assert json.loads(post_curve[-1])["stage"] == "sft"
     assert json.loads((tmp_path / "results.json").read_text())["methods"].keys() == results["methods"].keys()
     curve = [json.loads(line) for line in (tmp_path / "base" / "learning_curve.jsonl").read_text().splitlines()]
     assert all("accuracy" not in record for record in curve)  # no tiny-world accuracy on the needle data

@@ -255,9 +255,11 @@ def train(args: TrainArgs, data=None) -> str:
         if vrpo:  # (chosen, rejected, lengths, the ELBO noise); preference pairs are never packed
             tensors = (*vrpo_step_tensors(args, data.batch(step), step), None)
         else:
-            input_ids, prompt_lengths = data.batch(step)
+            # A data source may give its rows' attention_bias as a third item (packed SFT rows with document masks).
+            input_ids, prompt_lengths, *attention = data.batch(step)
+            attention_bias = attention[0] if attention else row_attention(args, input_ids, eos_id)
             noise = step_noise(args.seed, args.stage, args.eps, input_ids, mask_id, step)
-            tensors = (input_ids, prompt_lengths, *noise, row_attention(args, input_ids, eos_id))
+            tensors = (input_ids, prompt_lengths, *noise, attention_bias)
         step_tokens = tensors[0].numel() + (tensors[1].numel() if vrpo else 0)
         micro_batches = list(zip(*(micro_slices(t, rows, args.grad_accum) for t in tensors)))
         step_loss = torch.zeros((), device=accelerator.device)
