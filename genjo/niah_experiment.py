@@ -9,9 +9,11 @@ The task is the needle in a haystack of ``genjo.niah`` (filler sentences of the 
    ``load_model(..., context_length=N, rope_scaling=...)``: (a) "none" (the base unchanged), (b) "ntk" (the
    LongLLaDA law), (c) "diffusion-aware" (UltraLLaDA's law, both lengths doubled): the factor is the law's for
    each target length.
-3. (d) The base scaled once for 8x by the diffusion-aware law, then post-trained (the pre-training loss) on rows
-   of 8x tokens packed from needle documents of 64 to 8x tokens, under each packing (``--packing document``,
-   ``eod``, ``concat``); tested at the same lengths with that one base.
+3. (d) The base scaled once for 8x by the diffusion-aware law, then post-trained on rows of 8x tokens packed
+   from needle documents (other needles, then the one asked, whose number is the only part scored: the SFT loss;
+   ``packed_batches``) under each packing (document masks, EOS, nothing); tested at the same lengths with that
+   one base. (The pre-training loss over whole rows, UltraLLaDA's, erased this base model's answers in 100 steps:
+   docs/long-context.md.)
 
     python -m genjo.niah_experiment            # the documented run (tables, JSON, heat map); resumes in its run dir
     python -m genjo.niah_experiment --steps 200 --post-steps 10 --samples 2 --run-dir runs/niah-quick   # a smoke run
@@ -81,25 +83,6 @@ def check_experiment_args(args: ExperimentArgs) -> None:
         raise ValueError(f"packings must be among {', '.join(PACKINGS)}; got {sorted(unknown)}.")
     if args.gen_length < args.digits + 1:
         raise ValueError(f"gen_length ({args.gen_length}) must hold the {args.digits} digits and <|eot_id|>.")
-
-
-class NeedleData:
-    """Global batches for genjo.train.train (the interface of its TinyWorldData): a function of the step."""
-
-    def __init__(self, batches):
-        self.batches = batches
-
-    def batch(self, step: int):
-        return self.batches(step)
-
-    def eval_batches(self) -> list:
-        return []
-
-    def state_dict(self) -> dict:
-        return {}  # a batch is a function of (seed, step): nothing to save
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 def sft_table(tokenizer, needles, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +156,7 @@ def packed_batches(tokenizer, needles, length: int, batch_size: int, packing: st
 
 def train_base(args: ExperimentArgs, tokenizer, tokenizer_dir: str, run_dir: Path) -> str:
     """The base model (SFT rows of train_length tokens); returns its folder. A finished one is reused."""
-    from .train import TrainArgs, train
+    from .train import StepData, TrainArgs, train
 
     final = run_dir / "base" / "final"
     if (final / "config.json").exists():
@@ -187,7 +170,7 @@ def train_base(args: ExperimentArgs, tokenizer, tokenizer_dir: str, run_dir: Pat
         mlp_hidden_size=args.mlp_hidden_size, rope_theta=args.rope_theta, max_sequence_length=args.train_length,
         vocab_size=max(512, -(-len(tokenizer) // 64) * 64), tokenizer=tokenizer_dir,
     )  # fmt: skip
-    data = NeedleData(base_batches(tokenizer, needles, args.train_length, args.batch_size, args.seed))
+    data = StepData(base_batches(tokenizer, needles, args.train_length, args.batch_size, args.seed))
     return train(train_args, data=data)
 
 
@@ -195,7 +178,7 @@ def post_train(args: ExperimentArgs, base: str, tokenizer, needles, packing: str
     """(d): the base scaled for long_length by the diffusion-aware law, then post-trained on packed SFT rows of
     long_length tokens under `packing` (``packed_batches``); returns its folder. A finished one is reused."""
     from .loading import load_model
-    from .train import TrainArgs, train
+    from .train import StepData, TrainArgs, train
 
     folder = run_dir / f"post-{packing}"
     final = folder / "final"
@@ -212,7 +195,7 @@ def post_train(args: ExperimentArgs, base: str, tokenizer, needles, packing: str
         save_every=args.post_steps,
     )  # fmt: skip
     batches = packed_batches(tokenizer, needles, args.long_length, args.post_batch_size, packing, args.seed)
-    return train(train_args, data=NeedleData(batches))
+    return train(train_args, data=StepData(batches))
 
 
 def test_model(args: ExperimentArgs, folder: str, rope_scaling: Optional[str], progress: bool = True) -> list[dict]:
@@ -323,9 +306,11 @@ def plot(results: dict, path: str) -> None:
 
     args, methods = results["args"], results["methods"]
     grid = [[r["accuracy"] for r in records] for records in methods.values()]
-    fig, ax = plt.subplots(figsize=(6.0, 0.5 + 0.42 * len(grid)))
+    fig, ax = plt.subplots(figsize=(6.4, 0.8 + 0.42 * len(grid)))
     image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(args["multiples"])), [f"{m}x ({m * args['train_length']})" for m in args["multiples"]])
+    lengths = [f"{m}x ({m * args['train_length']})" for m in args["multiples"]]
+    ax.set_xticks(range(len(lengths)), lengths, fontsize=8)
+    ax.set_xlabel("test length: multiple of the trained length (tokens)", fontsize=8)
     ax.set_yticks(range(len(grid)), list(methods), fontsize=8)
     for i, row in enumerate(grid):
         for j, value in enumerate(row):

@@ -120,16 +120,16 @@ def padded_sft_rows(args: TrainArgs, rng: random.Random, examples, eos: int) -> 
     return rows, [len(p) for p, _ in examples]
 
 
-class TinyWorldData:
-    """The synthetic tiny world: each global batch is a function of (seed, step), nothing to save."""
+class StepData:
+    """A data source for ``train(args, data=...)`` whose global batch is a function of the step alone (nothing to
+    save for --resume): ``batches(step)`` returns what ``batch`` must, (input_ids, prompt_lengths or None) and
+    optionally the rows' attention_bias. The reversal and context-extension experiments train this way."""
 
-    def __init__(self, args: TrainArgs, tokenizer):
-        self.args, self.tokenizer = args, tokenizer
+    def __init__(self, batches):
+        self.batches = batches
 
-    def batch(self, step: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        if self.args.stage == "pretrain":
-            return pretrain_batch(self.args, self.tokenizer, step), None
-        return sft_batch(self.args, self.tokenizer, step)
+    def batch(self, step: int):
+        return self.batches(step)
 
     def eval_batches(self) -> list:
         return []
@@ -139,6 +139,18 @@ class TinyWorldData:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+class TinyWorldData(StepData):
+    """The synthetic tiny world: each global batch is a function of (seed, step), nothing to save."""
+
+    def __init__(self, args: TrainArgs, tokenizer):
+        self.args, self.tokenizer = args, tokenizer
+
+    def batch(self, step: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if self.args.stage == "pretrain":
+            return pretrain_batch(self.args, self.tokenizer, step), None
+        return sft_batch(self.args, self.tokenizer, step)
 
 
 class FileData:
