@@ -52,7 +52,7 @@ class ExperimentArgs:
     lr: float = 2e-3
     pool: int = 8192  # distinct training needles (drawn with replacement)
     # Post-training at the longest multiple
-    post_steps: int = 100
+    post_steps: int = 300
     post_batch_size: int = 8
     post_lr: float = 5e-4
     post_pool: int = 2048  # distinct needle documents packed into the post-training rows
