@@ -43,6 +43,11 @@ class Needle:
     def answer(self) -> str:
         return self.number
 
+    @property
+    def question(self) -> str:
+        """The user message (so that a Needle trains like a tiny-world problem: ``genjo.train.data.sft_example``)."""
+        return self.text
+
 
 def filler_sentences(seed: int):
     """Endless plain sentences of the tiny world (facts of its four task families)."""
@@ -52,8 +57,8 @@ def filler_sentences(seed: int):
 def make_needle(tokenizer, length: int, depth: float, seed: int, digits: int = 4) -> Needle:
     """A haystack of about ``length`` prompt tokens with the needle at ``depth``.
 
-    Filler sentences are added until the chat prompt (filler, needle, question) reaches ``length`` tokens
-    (it may end a few tokens short: whole sentences only); the needle goes between two sentences, at the
+    Filler sentences are added while the chat prompt (filler, needle, question) stays within ``length`` tokens
+    (it may end a few tokens short: whole sentences only, never over); the needle goes between two sentences, at the
     sentence boundary nearest to ``depth`` of the filler's tokens.
     """
     rng = random.Random(f"niah:{seed}:{length}:{depth}")
@@ -69,12 +74,38 @@ def make_needle(tokenizer, length: int, depth: float, seed: int, digits: int = 4
             break
         sentences.append(sentence)
         sizes.append(size)
-    total, boundary, position = sum(sizes), 0, 0
-    for i in range(len(sizes) + 1):  # the boundary whose token offset is nearest to depth x filler tokens
-        if abs(sum(sizes[:i]) - depth * total) < abs(position - depth * total):
-            boundary, position = i, sum(sizes[:i])
-    parts = sentences[:boundary] + [needle] + sentences[boundary:]
-    return Needle(length, depth, name, number, " ".join(parts) + "\n\n" + question)
+    while True:
+        total, boundary, position = sum(sizes), 0, 0
+        for i in range(len(sizes) + 1):  # the boundary whose token offset is nearest to depth x filler tokens
+            if abs(sum(sizes[:i]) - depth * total) < abs(position - depth * total):
+                boundary, position = i, sum(sizes[:i])
+        parts = sentences[:boundary] + [needle] + sentences[boundary:]
+        text = " ".join(parts) + "\n\n" + question
+        # Sentences counted alone can merge differently in the text (the first has no leading space): never
+        # exceed the length, drop the last filler sentence until the prompt fits.
+        if not sentences or len(user_turn_ids(tokenizer, text)) <= length:
+            break
+        sentences, sizes = sentences[:-1], sizes[:-1]
+    return Needle(length, depth, name, number, text)
+
+
+def training_needles(
+    tokenizer, n: int, seed: int, min_length: int, max_length: int, digits: int = 4, progress: bool = False
+) -> list[Needle]:
+    """n needles for training: lengths uniform in min_length..max_length prompt tokens, depths uniform in 0..1.
+
+    Their haystacks never coincide with those of ``run_grid`` (which uses seeds >= 0): training needles take
+    make_needle seeds below 0. A needle's name and number are drawn afresh, so a model that answers held-out
+    needles retrieves the number from the text (1 in 9000 by chance for 4 digits).
+    """
+    if not 64 <= min_length <= max_length:
+        raise ValueError(f"need 64 <= min_length <= max_length (prompt tokens); got {min_length}, {max_length}.")
+    rng = random.Random(f"niah-train:{seed}")
+    needles = []
+    for k in tqdm(range(n), desc="training needles", disable=not progress):
+        length, depth = rng.randint(min_length, max_length), rng.random()
+        needles.append(make_needle(tokenizer, length, depth, -1 - seed * 10_000_019 - k, digits))
+    return needles
 
 
 def check_grid(model, lengths: Sequence[int], depths: Sequence[float], gen_length: int) -> None:
@@ -181,4 +212,4 @@ def save_results(results: dict, path: str) -> None:
         f.write("\n")
 
 
-__all__ = ["Needle", "accuracy_table", "make_needle", "plot_heatmap", "run_grid", "save_results"]
+__all__ = ["Needle", "accuracy_table", "make_needle", "plot_heatmap", "run_grid", "save_results", "training_needles"]

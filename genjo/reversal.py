@@ -145,25 +145,6 @@ def build_experiment_tokenizer(n_people: int):
     return tokenizer
 
 
-class FactData:
-    """Training batches for genjo.train.train (the interface of its TinyWorldData): sentences only."""
-
-    def __init__(self, batches):
-        self.batches = batches
-
-    def batch(self, step: int) -> tuple[torch.Tensor, None]:
-        return self.batches(step), None
-
-    def eval_batches(self) -> list:
-        return []
-
-    def state_dict(self) -> dict:
-        return {}  # a batch is a function of (seed, step): nothing to save
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
 def fact_batches(tokenizer, facts: list[Fact], batch_size: int, seq_len: int, seed: int):
     """step -> (batch_size, seq_len) int64: training sentences drawn uniformly, each right-padded with EOS.
 
@@ -274,7 +255,7 @@ class ExperimentArgs:
 def train_one(args: ExperimentArgs, tokenizer, facts: list[Fact], objective: str, seed: int, run_dir: str):
     """Train one model with genjo.train.train on the facts; returns it loaded in eval mode."""
     from .modeling_genjo import GenjoModelLM
-    from .train import TrainArgs, train
+    from .train import StepData, TrainArgs, train
 
     vocab_size = -(-len(tokenizer) // 64) * 64
     tokenizer_dir = os.path.join(run_dir, "tokenizer")
@@ -287,7 +268,7 @@ def train_one(args: ExperimentArgs, tokenizer, facts: list[Fact], objective: str
         max_sequence_length=64, vocab_size=vocab_size, tokenizer=tokenizer_dir,
     )  # fmt: skip
     batches = fact_batches(tokenizer, facts, args.batch_size, args.seq_len, seed)
-    final = train(train_args, data=FactData(batches))
+    final = train(train_args, data=StepData(lambda step: (batches(step), None)))
     return GenjoModelLM.from_pretrained(final, dtype=torch.float32).eval()
 
 

@@ -20,7 +20,7 @@ autoregressive twins).
 
 from .args import TrainArgs, build_parser, check_args
 from .cli import main
-from .data import FileData, TinyWorldData, packed_rows, pretrain_batch, sft_batch, training_data
+from .data import FileData, StepData, TinyWorldData, packed_rows, pretrain_batch, sft_batch, training_data
 from .loop import evaluate, learning_rate, make_optimizer, train, validation_loss
 from .losses import OBJECTIVES, Objective, ar_loss, forward_process, masked_cross_entropy, pretrain_loss, sft_loss
 from .model import enable_gradient_checkpointing, new_model, save_checkpoint
@@ -50,6 +50,7 @@ __all__ = [
     "masked_cross_entropy",
     "new_model",
     "packed_rows",
+    "StepData",
     "pretrain_batch",
     "pretrain_loss",
     "reproduce_tiny_models",

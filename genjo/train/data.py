@@ -7,6 +7,7 @@ Every process builds the same global batch and trains on its own slice of rows.
 """
 
 import random
+from collections.abc import Callable, Iterator
 from typing import Optional
 
 import torch
@@ -39,15 +40,32 @@ def document_attention_mask(input_ids: torch.Tensor, eos_id: int) -> torch.Tenso
     return (document[:, :, None] == document[:, None, :])[:, None]
 
 
-def packed_rows(rng: random.Random, tokenizer, n: int, length: int, packing: str = "eod") -> list[list[int]]:
-    """n rows of `length` tokens cut from plain-text sentences joined by EOS (by nothing under "concat")."""
+def tiny_world_documents(tokenizer, seed: int) -> Iterator[list[int]]:
+    """Endless token ids of the tiny world's plain-text sentences, one list per sentence."""
+    for sentence in tinyworld.pretraining_documents(seed):
+        yield tokenizer(sentence, add_special_tokens=False)["input_ids"]
+
+
+def packed_rows(
+    rng: random.Random,
+    tokenizer,
+    n: int,
+    length: int,
+    packing: str = "eod",
+    documents: Optional[Callable[[int], Iterator[list[int]]]] = None,
+) -> list[list[int]]:
+    """n rows of `length` tokens cut from documents joined by EOS (by nothing under "concat").
+
+    documents: seed -> endless token-id lists, one per document; default the tiny world's sentences.
+    """
     separator = document_separator(tokenizer, packing)
     rows = []
     for _ in range(n):
-        sentences = tinyworld.pretraining_documents(rng.getrandbits(63))
+        seed = rng.getrandbits(63)
+        source = documents(seed) if documents is not None else tiny_world_documents(tokenizer, seed)
         row: list[int] = []
         while len(row) < length:
-            row += tokenizer(next(sentences), add_special_tokens=False)["input_ids"] + separator
+            row += next(source) + separator
         start = rng.randrange(0, len(row) - length + 1)  # not always at a sentence start
         rows.append(row[start : start + length])
     return rows
@@ -102,16 +120,16 @@ def padded_sft_rows(args: TrainArgs, rng: random.Random, examples, eos: int) -> 
     return rows, [len(p) for p, _ in examples]
 
 
-class TinyWorldData:
-    """The synthetic tiny world: each global batch is a function of (seed, step), nothing to save."""
+class StepData:
+    """A data source for ``train(args, data=...)`` whose global batch is a function of the step alone (nothing to
+    save for --resume): ``batches(step)`` returns what ``batch`` must, (input_ids, prompt_lengths or None) and
+    optionally the rows' attention_bias. The reversal and context-extension experiments train this way."""
 
-    def __init__(self, args: TrainArgs, tokenizer):
-        self.args, self.tokenizer = args, tokenizer
+    def __init__(self, batches):
+        self.batches = batches
 
-    def batch(self, step: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        if self.args.stage == "pretrain":
-            return pretrain_batch(self.args, self.tokenizer, step), None
-        return sft_batch(self.args, self.tokenizer, step)
+    def batch(self, step: int):
+        return self.batches(step)
 
     def eval_batches(self) -> list:
         return []
@@ -121,6 +139,18 @@ class TinyWorldData:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+class TinyWorldData(StepData):
+    """The synthetic tiny world: each global batch is a function of (seed, step), nothing to save."""
+
+    def __init__(self, args: TrainArgs, tokenizer):
+        self.args, self.tokenizer = args, tokenizer
+
+    def batch(self, step: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if self.args.stage == "pretrain":
+            return pretrain_batch(self.args, self.tokenizer, step), None
+        return sft_batch(self.args, self.tokenizer, step)
 
 
 class FileData:

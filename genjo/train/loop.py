@@ -246,6 +246,7 @@ def train(args: TrainArgs, data=None) -> str:
     eos_id = tokenizer.eos_token_id  # ends each packed document (document-level attention masks)
     if args.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    tiny_world = data is None and not args.data  # the tiny world's own accuracy and sampler settings apply
     if data is None:
         data = training_data(args, tokenizer)
     if state is not None:
@@ -297,9 +298,11 @@ def train(args: TrainArgs, data=None) -> str:
         if vrpo:  # (chosen, rejected, lengths, the ELBO noise); preference pairs are never packed
             tensors = (*vrpo_step_tensors(args, data.batch(step), step), None)
         else:
-            input_ids, prompt_lengths = data.batch(step)
+            # A data source may give its rows' attention_bias as a third item (packed SFT rows with document masks).
+            input_ids, prompt_lengths, *attention = data.batch(step)
+            attention_bias = attention[0] if attention else row_attention(args, input_ids, eos_id)
             noise = step_noise(args.seed, args.stage, args.eps, input_ids, mask_id, step)
-            tensors = (input_ids, prompt_lengths, *noise, row_attention(args, input_ids, eos_id))
+            tensors = (input_ids, prompt_lengths, *noise, attention_bias)
         step_tokens = tensors[0].numel() + (tensors[1].numel() if vrpo else 0)
         micro_batches = list(zip(*(micro_slices(t, rows, args.grad_accum) for t in tensors)))
         step_loss = torch.zeros((), device=accelerator.device)
@@ -346,7 +349,7 @@ def train(args: TrainArgs, data=None) -> str:
                 progress.set_description(f"{args.stage} (validation)")
                 record["val_loss"] = validation_loss(model, eval_batches, args, mask_id, accelerator,
                                                      accelerator.is_main_process, eos_id)  # fmt: skip
-            if args.stage == "sft" and not args.data:
+            if args.stage == "sft" and tiny_world:
                 progress.set_description(f"{args.stage} (held-out accuracy)")
                 record["accuracy"] = gathered_accuracy(unwrapped, tokenizer, args, accelerator)
             if use_cuda:
@@ -373,7 +376,7 @@ def train(args: TrainArgs, data=None) -> str:
             print(f"peak memory per process (GiB): {peaks}")
     final = args.export or str(run_dir / "final")
     sampler = None
-    if args.stage == "sft" and not args.data:  # a tiny-world instruct model: answers with the tiny world's settings
+    if args.stage == "sft" and tiny_world:  # a tiny-world instruct model: answers with the tiny world's settings
         sampler = dict(tinyworld.SAMPLER_DEFAULTS)
     full_state = accelerator.get_state_dict(model) if fsdp else None
     accelerator.wait_for_everyone()

@@ -67,17 +67,18 @@ def pretrain_loss(model, input_ids, noisy, masked, p_mask, attention_bias=None) 
     return masked_cross_entropy(model, noisy, input_ids, masked, p_mask, attention_bias).sum() / input_ids.numel()
 
 
-def sft_loss(model, input_ids, prompt_lengths, noisy, masked, p_mask) -> torch.Tensor:
+def sft_loss(model, input_ids, prompt_lengths, noisy, masked, p_mask, attention_bias=None) -> torch.Tensor:
     """Mean over rows of sum(CE / p) / answer_length, the prompt restored and never masked.
 
     input_ids: (b, L); prompt_lengths: (b,). answer_length counts every column after the prompt,
-    the EOS padding included.
+    the EOS padding included. attention_bias: (b, 1, L, L) bool or None, e.g. document masks of rows whose
+    prompt packs several documents (the context-extension experiment's post-training).
     """
     columns = torch.arange(input_ids.shape[1], device=input_ids.device)
     prompt_index = columns[None, :] < prompt_lengths[:, None]
     noisy = torch.where(prompt_index, input_ids, noisy)
     masked = masked & ~prompt_index
-    per_slot = masked_cross_entropy(model, noisy, input_ids, masked, p_mask)
+    per_slot = masked_cross_entropy(model, noisy, input_ids, masked, p_mask, attention_bias)
     answer_lengths = input_ids.shape[1] - prompt_lengths
     return (per_slot.sum(dim=1) / answer_lengths).mean()
 
@@ -100,10 +101,10 @@ def ar_loss(model, input_ids, prompt_lengths=None, attention_bias=None) -> torch
 def masked_diffusion_loss(
     model, input_ids, prompt_lengths: Optional[torch.Tensor], noisy, masked, p_mask, attention_bias=None
 ):
-    """pretrain_loss for pre-training rows (prompt_lengths None), sft_loss for SFT rows (never packed)."""
+    """pretrain_loss for pre-training rows (prompt_lengths None), sft_loss for SFT rows."""
     if prompt_lengths is None:
         return pretrain_loss(model, input_ids, noisy, masked, p_mask, attention_bias)
-    return sft_loss(model, input_ids, prompt_lengths, noisy, masked, p_mask)
+    return sft_loss(model, input_ids, prompt_lengths, noisy, masked, p_mask, attention_bias)
 
 
 def next_token_loss(model, input_ids, prompt_lengths: Optional[torch.Tensor], *noise, attention_bias=None):
