@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import niah
+from .cli import run_command
 from .long_context import rope_scaling_factor
 
 LAWS = ("none", "ntk", "diffusion-aware")  # (a), (b), (c): the factor of each target length
@@ -349,4 +350,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, prog="python -m genjo.niah_experiment")
