@@ -429,12 +429,12 @@ class PreferencePairs:
 
 def json_objects(path: str):
     """(record, "path:line") of every non-empty line of a JSON-lines file; ValueError naming the line of a bad one."""
-    with open(path, "rb") as f:
+    with open(path, "rb") as f:  # binary lines split at b"\n" only, as storage.read_lines does
         for number, raw in enumerate(f, start=1):
-            line = raw.strip()
+            location = f"{path}:{number}"
+            line = decode_line(raw, location).strip()
             if not line:
                 continue
-            location = f"{path}:{number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
