@@ -106,7 +106,7 @@ class TrainArgs:
 
 # The defaults of a vrpo run where they differ from pre-training's: tuned on the embedded instruct model
 # (docs/vrpo.md, "Defaults"); the 8B values are documented there.
-VRPO_DEFAULTS = dict(steps=100, batch_size=8, lr=5e-5, min_lr=1e-5, warmup_steps=5, weight_decay=0.0, eval_every=20,
+VRPO_DEFAULTS = dict(steps=100, batch_size=8, lr=2.5e-5, min_lr=1e-5, warmup_steps=5, weight_decay=0.0, eval_every=20,
                      save_every=20, eval_fraction=0.1, eval_rows=128, sft_max_len=512)  # fmt: skip
 
 
