@@ -30,6 +30,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_genjo_moe import GenjoMoeConfig
 from .modeling_genjo import (
+    DiffusionGenerate,
     KVCache,
     RMSNorm,
     RotaryEmbedding,
@@ -346,7 +347,7 @@ class GenjoMoePreTrainedModel(PreTrainedModel):
             nn.init.zeros_(module.expert_bias)
 
 
-class GenjoMoeModelLM(GenjoMoePreTrainedModel):
+class GenjoMoeModelLM(DiffusionGenerate, GenjoMoePreTrainedModel):
     """Hugging Face wrapper: ``model`` is the :class:`GenjoMoeModel`, ``lm_head`` the output projection (absent
     when ``tie_word_embeddings``: the embedding is used)."""
 

@@ -449,3 +449,13 @@ def test_context_extension_is_refused_for_the_moe_config_rather_than_ignored():
 
     with pytest.raises(ValueError, match="context extension is implemented for the dense Genjo architecture"):
         extend_context(GenjoMoeConfig(), 16384)
+
+
+def test_the_moe_model_has_the_transformers_style_generate(moe):
+    """model.generate is the dense model's (one mixin over the one sampler): the same tokens as genjo.generate."""
+    from genjo import generate
+
+    prompt = torch.tensor([[0, 3, 17, 22, 9]])
+    settings = dict(steps=8, gen_length=8, block_length=8)
+    via_model = moe.generate(prompt, max_new_tokens=8, steps=8, block_length=8)
+    assert torch.equal(via_model, generate(moe, prompt, **settings))

@@ -519,56 +519,9 @@ class FinalTokensStreamer:
             self.sent = final
 
 
-class GenjoModelLM(GenjoPreTrainedModel):
-    """Hugging Face wrapper: ``GenjoModelLM.model`` is the :class:`GenjoModel`; ``generate`` samples answers."""
-
-    supports_logits_mask = True  # forward(logits_mask=...) computes the LM head only where asked
-
-    def __init__(self, config: GenjoConfig, model: Optional[GenjoModel] = None, init_params: bool = False):
-        # init_params is accepted for compatibility with the original release; weights are always
-        # initialised by post_init (and then overwritten by from_pretrained).
-        super().__init__(config)
-        self.model = model if model is not None else GenjoModel(config)
-        self.post_init()
-
-    def forward(
-        self,
-        input_ids: Optional[torch.LongTensor] = None,
-        inputs_embeds: Optional[torch.FloatTensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        attention_bias: Optional[torch.Tensor] = None,
-        past_key_values: Optional[KVCache] = None,
-        labels: Optional[torch.LongTensor] = None,
-        use_cache: Optional[bool] = None,
-        output_attentions: Optional[bool] = None,
-        output_hidden_states: Optional[bool] = None,
-        return_dict: Optional[bool] = None,
-        cache_position: Optional[torch.Tensor] = None,  # ignored: positions come from the mask
-        position_ids: Optional[torch.LongTensor] = None,
-        replace_position: Optional[torch.BoolTensor] = None,
-        logits_mask: Optional[torch.BoolTensor] = None,
-        **kwargs,
-    ):
-        """See :meth:`GenjoModel.forward`. Returns GenjoLMOutput(logits (B, T, V), cache, hidden_states)."""
-        check_forward_arguments(input_ids, inputs_embeds, labels, output_attentions)
-        if use_cache is None:
-            use_cache = self.config.use_cache
-        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        outputs = self.model(
-            input_ids,
-            input_embeddings=inputs_embeds,
-            attention_mask=attention_mask,
-            attention_bias=attention_bias,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            output_hidden_states=output_hidden_states,
-            position_ids=position_ids,
-            replace_position=replace_position,
-            logits_mask=logits_mask,
-        )
-        if not return_dict:
-            return tuple(v for v in (outputs.logits, outputs.attn_key_values, outputs.hidden_states) if v is not None)
-        return GenjoLMOutput(logits=outputs.logits, cache=outputs.attn_key_values, hidden_states=outputs.hidden_states)
+class DiffusionGenerate:  # not named *GenerationMixin: transformers would take the model for one of its own
+    """``model.generate(...)`` for a Genjo mask predictor, dense or mixture-of-experts: the transformers entry point
+    over the one sampler (genjo.sampling), which it imports only when called (remote code needs no genjo)."""
 
     def generate(
         self,
@@ -666,6 +619,58 @@ class GenjoModelLM(GenjoPreTrainedModel):
             if streamer is not None:
                 streamer.end()
         return canvas[:, prompt_length:] if return_new_tokens_only else canvas
+
+
+class GenjoModelLM(DiffusionGenerate, GenjoPreTrainedModel):
+    """Hugging Face wrapper: ``GenjoModelLM.model`` is the :class:`GenjoModel`; ``generate`` samples answers."""
+
+    supports_logits_mask = True  # forward(logits_mask=...) computes the LM head only where asked
+
+    def __init__(self, config: GenjoConfig, model: Optional[GenjoModel] = None, init_params: bool = False):
+        # init_params is accepted for compatibility with the original release; weights are always
+        # initialised by post_init (and then overwritten by from_pretrained).
+        super().__init__(config)
+        self.model = model if model is not None else GenjoModel(config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        attention_bias: Optional[torch.Tensor] = None,
+        past_key_values: Optional[KVCache] = None,
+        labels: Optional[torch.LongTensor] = None,
+        use_cache: Optional[bool] = None,
+        output_attentions: Optional[bool] = None,
+        output_hidden_states: Optional[bool] = None,
+        return_dict: Optional[bool] = None,
+        cache_position: Optional[torch.Tensor] = None,  # ignored: positions come from the mask
+        position_ids: Optional[torch.LongTensor] = None,
+        replace_position: Optional[torch.BoolTensor] = None,
+        logits_mask: Optional[torch.BoolTensor] = None,
+        **kwargs,
+    ):
+        """See :meth:`GenjoModel.forward`. Returns GenjoLMOutput(logits (B, T, V), cache, hidden_states)."""
+        check_forward_arguments(input_ids, inputs_embeds, labels, output_attentions)
+        if use_cache is None:
+            use_cache = self.config.use_cache
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        outputs = self.model(
+            input_ids,
+            input_embeddings=inputs_embeds,
+            attention_mask=attention_mask,
+            attention_bias=attention_bias,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            position_ids=position_ids,
+            replace_position=replace_position,
+            logits_mask=logits_mask,
+        )
+        if not return_dict:
+            return tuple(v for v in (outputs.logits, outputs.attn_key_values, outputs.hidden_states) if v is not None)
+        return GenjoLMOutput(logits=outputs.logits, cache=outputs.attn_key_values, hidden_states=outputs.hidden_states)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
