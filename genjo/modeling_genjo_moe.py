@@ -145,8 +145,11 @@ class SparseMoe(nn.Module):
             counts = torch.bincount(flat, minlength=self.num_experts).tolist()  # the one host sync
         pair_weights = weights.flatten()[order, None]  # (N*k, 1), grouped by expert as token
         out = torch.zeros_like(x)
+        # An idle expert still runs (on no rows) when gradients flow, so that every parameter is in the graph:
+        # data-parallel training (DDP) fails on a step where a parameter receives no gradient on some process.
+        run_idle = torch.is_grad_enabled()
         for e, (tokens, w) in enumerate(zip(token.split(counts), pair_weights.split(counts))):
-            if counts[e]:  # gathered per expert: no (N*k, D) copy of the input
+            if counts[e] or run_idle:  # gathered per expert: no (N*k, D) copy of the input
                 out.index_add_(0, tokens, self.experts[e](x[tokens]) * w)
         return out, logits
 

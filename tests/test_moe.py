@@ -109,6 +109,29 @@ def test_dispatch_grouped_by_expert_equals_a_per_token_restatement():
             torch.testing.assert_close(out[n], expected, atol=1e-5, rtol=1e-5)
 
 
+def test_an_idle_expert_still_gets_a_zero_gradient_so_data_parallel_training_runs():
+    """DDP fails on a step where some process leaves a parameter out of the graph; an expert that no token chose
+    must still receive a (zero) gradient, and without gradients it is skipped."""
+    torch.manual_seed(0)
+    moe_layer = SparseMoe(tiny_moe_config(expert_intermediate_size=8, num_experts=8, num_experts_per_tok=1))
+    with torch.no_grad():
+        moe_layer.expert_bias.zero_()
+        moe_layer.expert_bias[3] = 10.0  # every token picks expert 3
+    x = torch.randn(5, 32)
+    out, _ = moe_layer(x)
+    out.sum().backward()
+    for e, expert in enumerate(moe_layer.experts):
+        grads = [p.grad for p in expert.parameters()]
+        assert all(g is not None for g in grads), f"expert {e} left out of the graph"
+        assert all((g.abs().sum() > 0) == (e == 3) for g in grads), e
+    calls = []
+    for expert in moe_layer.experts:
+        expert.register_forward_hook(lambda module, inputs, output: calls.append(len(inputs[0])))
+    with torch.no_grad():
+        moe_layer(x)
+    assert calls == [5]
+
+
 def test_load_balancing_loss_is_the_switch_mixtral_form():
     """E * sum_e (share of tokens with e in their top-k) * (mean router probability of e), over all blocks."""
     torch.manual_seed(0)
