@@ -25,6 +25,8 @@ from genjo.train.preference import (
     parse_allocation,
     reference_pair_elbos,
     vrpo_loss,
+    vrpo_step_loss,
+    vrpo_step_tensors,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +95,30 @@ def test_the_estimate_is_the_sft_loss_sum_with_the_prompt_never_masked(one_threa
         assert not drawn.masked[row, :, :p].any() and not drawn.masked[row, :, n:].any()
     same_time, next_time = drawn.p_mask[:, 3], drawn.p_mask[:, 4]  # 2 times x 4 masks: copies 0-3 share a time
     assert torch.equal(drawn.p_mask[:, 0], same_time) and not torch.equal(drawn.p_mask[:, 0], next_time)
+
+
+def test_sft_weight_adds_the_sft_loss_of_the_chosen_answers_on_the_same_noise(one_thread):
+    """--sft-weight w: loss = VRPO + w x mean over pairs of the SFT loss of y_w (sum CE / p over masked answer
+    slots, averaged over the copies, divided by the answer length with its EOS padding)."""
+    policy = tiny_model(0).train()
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    chosen, rejected, prompt_lengths, lengths = pairs_batch()
+    args = TrainArgs(stage="vrpo", budget=4, allocation="optimal", antithetic=True)
+    tensors = vrpo_step_tensors(args, (chosen, rejected, prompt_lengths, lengths), step=0)
+    loss = lambda w: vrpo_step_loss(policy, *tensors, reference=reference, beta=0.1, mask_id=MASK, sft_weight=w)  # noqa: E731
+    assert loss(0.0).item() == torch.tensor(math.log(2)).item()  # policy = reference, antithetic
+    masked, p_mask = tensors[4], tensors[5]  # the chosen answers' noise: (3, 4, 12), (3, 4)
+    expected = []
+    for row in range(3):
+        copies = [-elbo_estimates(policy, chosen[row : row + 1], lengths[row : row + 1],
+                                  ElboNoise(masked[row : row + 1, c : c + 1], p_mask[row : row + 1, c : c + 1]), MASK)
+                  for c in range(4)]  # fmt: skip
+        expected.append(torch.cat(copies).mean() / (lengths[row] - prompt_lengths[row]))
+    sft = torch.stack(expected).mean()
+    assert sft.item() > 0
+    assert loss(0.5).item() == pytest.approx(math.log(2) + 0.5 * sft.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="sft_weight must be >= 0"):
+        train(TrainArgs(stage="vrpo", init="x", data="y", sft_weight=-1.0))
 
 
 def exact_elbo(model, ids: torch.Tensor, prompt_length: int, eps: float) -> float:

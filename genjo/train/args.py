@@ -102,6 +102,7 @@ class TrainArgs:
     budget: int = 8  # noisy copies per ELBO estimate
     allocation: str = "optimal"  # budget times x 1 mask; "naive": 1 time x budget masks; "KxM"
     antithetic: bool = True  # the reference's estimates share the policy's times and masks
+    sft_weight: float = 0.0  # weight of the chosen answers' SFT loss added to the preference loss (0: pure VRPO)
 
 
 # The defaults of a vrpo run where they differ from pre-training's: tuned on the embedded instruct model
@@ -165,6 +166,8 @@ HELP = {
     "mixed_precision": "bf16 autocast with fp32 weights ('bf16'), fp32 ('no'), or 'auto' (bf16 on CUDA)",
     "beta": "vrpo: the preference score's scale in the loss -log sigmoid(beta * score)",
     "budget": "vrpo: noisy copies (diffusion time + mask) per ELBO estimate",
+    "sft_weight": "vrpo: add this times the SFT loss of the chosen answers (their ELBO per answer token, free: "
+    "the policy's estimates are already computed), an anchor that keeps what the model answers right (0: pure VRPO)",
     "allocation": "vrpo: the budget as 'optimal' (budget times x 1 mask), 'naive' (1 time x budget masks) or 'KxM'",
     "antithetic": "vrpo: the reference's ELBO estimates share the policy's times and masks (--no-antithetic: own)",
 }
@@ -260,4 +263,6 @@ def check_vrpo_args(args: TrainArgs) -> None:
         raise ValueError("sft_plain_text mixes tiny-world text into SFT; vrpo trains on preference pairs only.")
     if not (isinstance(args.beta, (int, float)) and args.beta > 0):
         raise ValueError(f"beta must be > 0 (e.g. 0.1), not {args.beta!r}.")
+    if not (isinstance(args.sft_weight, (int, float)) and args.sft_weight >= 0):
+        raise ValueError(f"sft_weight must be >= 0 (0: pure VRPO; e.g. 0.1), not {args.sft_weight!r}.")
     parse_allocation(args.allocation, args.budget)

@@ -280,7 +280,8 @@ def train(args: TrainArgs, data=None) -> str:
     rows = slice(rank * args.batch_size // world, (rank + 1) * args.batch_size // world)
     loss_fn = OBJECTIVES[args.objective].loss
     if vrpo:
-        loss_fn = functools.partial(vrpo_step_loss, reference=reference, beta=args.beta, mask_id=mask_id)
+        loss_fn = functools.partial(vrpo_step_loss, reference=reference, beta=args.beta, mask_id=mask_id,
+                                    sft_weight=args.sft_weight)  # fmt: skip
     # A mixture-of-experts model also minimises its routers' load-balancing loss, logged beside the objective's.
     router_coef = float(unwrapped.config.router_aux_loss_coef) if getattr(unwrapped.config, "num_experts", 0) else None
     last_step = min(args.steps, args.stop_at or args.steps)
@@ -295,7 +296,7 @@ def train(args: TrainArgs, data=None) -> str:
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(args, step)
-        if vrpo:  # (chosen, rejected, lengths, the ELBO noise); preference pairs are never packed
+        if vrpo:  # (chosen, rejected, lengths, answer lengths, the ELBO noise); pairs are never packed
             tensors = (*vrpo_step_tensors(args, data.batch(step), step), None)
         else:
             # A data source may give its rows' attention_bias as a third item (packed SFT rows with document masks).

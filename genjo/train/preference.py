@@ -149,6 +149,12 @@ def vrpo_loss(scores: torch.Tensor, beta: float) -> torch.Tensor:
     return -F.logsigmoid(beta * scores).mean()
 
 
+def chosen_sft_loss(policy_chosen: torch.Tensor, answer_lengths: torch.Tensor) -> torch.Tensor:
+    """The SFT loss of the chosen answers from the policy's estimates B(y_w) (P,) fp32: mean over pairs of
+    -B(y_w) / answer length (answer_lengths (P,) int64, EOS padding included), as genjo/train/losses.py's."""
+    return (-policy_chosen / answer_lengths.to(policy_chosen.dtype)).mean()
+
+
 @dataclass(frozen=True)
 class PreferenceNoise:
     """The noise of a batch of P pairs: the policy's for the chosen and rejected answers, and the reference's.
@@ -237,23 +243,29 @@ def vrpo_step_tensors(args, batch: tuple, step: int) -> tuple:
                                   args.antithetic, args.eps, noise_generator(args.seed, step))  # fmt: skip
     own = (noise.reference_chosen, noise.reference_rejected)
     reference = (None,) * 4 if noise.antithetic else tuple(t for e in own for t in (e.masked, e.p_mask))
-    return (chosen, rejected, lengths, noise.chosen.masked, noise.chosen.p_mask, noise.rejected.masked,
-            noise.rejected.p_mask, *reference)  # fmt: skip
+    return (chosen, rejected, lengths, lengths - prompt_lengths, noise.chosen.masked, noise.chosen.p_mask,
+            noise.rejected.masked, noise.rejected.p_mask, *reference)  # fmt: skip
 
 
-def vrpo_step_loss(model, chosen, rejected, lengths, *noise_tensors, reference, beta: float, mask_id: int,
-                   attention_bias=None):  # fmt: skip
-    """The VRPO loss of a micro-batch of vrpo_step_tensors (the policy `model`, the frozen `reference`).
+def vrpo_step_loss(model, chosen, rejected, lengths, answer_lengths, *noise_tensors, reference, beta: float,
+                   mask_id: int, sft_weight: float = 0.0, attention_bias=None):  # fmt: skip
+    """The VRPO loss of a micro-batch of vrpo_step_tensors (the policy `model`, the frozen `reference`), plus
+    sft_weight x the chosen answers' SFT loss (the policy's estimates of them, already computed).
 
     attention_bias: the training loop's document masks of packed rows; preference pairs are never packed (None).
     """
-    policy_chosen, policy_rejected = ElboNoise(*noise_tensors[0:2]), ElboNoise(*noise_tensors[2:4])
+    policy_noise = (ElboNoise(*noise_tensors[0:2]), ElboNoise(*noise_tensors[2:4]))
     if noise_tensors[4] is None:  # antithetic
-        noise = PreferenceNoise(policy_chosen, policy_rejected, policy_chosen, policy_rejected)
+        noise = PreferenceNoise(*policy_noise, *policy_noise)
     else:
-        noise = PreferenceNoise(policy_chosen, policy_rejected, ElboNoise(*noise_tensors[4:6]),
-                                ElboNoise(*noise_tensors[6:8]))  # fmt: skip
-    return vrpo_loss(pair_scores(model, reference, chosen, rejected, lengths, noise, mask_id), beta)
+        noise = PreferenceNoise(*policy_noise, ElboNoise(*noise_tensors[4:6]), ElboNoise(*noise_tensors[6:8]))
+    policy_chosen, policy_rejected = pair_elbos(model, chosen, rejected, lengths, *policy_noise, mask_id)
+    reference_chosen, reference_rejected = reference_pair_elbos(reference, chosen, rejected, lengths, noise, mask_id)
+    scores = preference_scores(policy_chosen, reference_chosen, policy_rejected, reference_rejected)
+    loss = vrpo_loss(scores, beta)
+    if sft_weight:
+        loss = loss + sft_weight * chosen_sft_loss(policy_chosen, answer_lengths)
+    return loss
 
 
 def evaluation_noise(args, batch: tuple, index: int) -> PreferenceNoise:
