@@ -194,18 +194,49 @@ def gathered_accuracy(model, tokenizer, args, accelerator) -> dict[str, float]:
     return {k: round(float(c / t), 4) for k, c, t in zip(keys, counts, totals)}
 
 
+def make_accelerator(mixed_precision: str, cpu: bool):
+    """The run's Accelerator; an FSDP config on CPU processes (``use_cpu: true``) gets FSDP2 sharding, as on GPUs.
+
+    accelerate (1.x, state.py) turns an FSDP config into FSDP only for GPU-like distributed types: CPU processes
+    launched with one come out as MULTI_CPU, i.e. plain data parallelism, with the config's sharding silently
+    dropped. FSDP2 itself (``fully_shard`` over a gloo process group) runs on CPU, so Genjo sets the state's
+    distributed type to FSDP with the config's plugin (read from the environment the launcher sets), as
+    accelerate does on GPUs. This is what lets configs/fsdp_cpu_2proc.yaml check the FSDP path on a CPU machine.
+    Runs without an FSDP config (one process, DDP) are left as accelerate makes them.
+    """
+    import os
+
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    fsdp_config = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if fsdp_config and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        plugin = FullyShardedDataParallelPlugin()  # the config's fsdp_* settings, from the launcher's FSDP_* variables
+        if plugin.fsdp_version != 2:
+            raise ValueError(f"FSDP on CPU processes runs as FSDP2 only; the accelerate config has fsdp_version "
+                             f"{plugin.fsdp_version}: set fsdp_version: 2 (configs/fsdp_cpu_2proc.yaml).")  # fmt: skip
+        if accelerator.mixed_precision != "no":
+            plugin.set_mixed_precision(accelerator.mixed_precision)
+        # What AcceleratorState.__init__ does for GPUs: the plugin and the type, in both shared states (each later
+        # AcceleratorState() copies PartialState's type over its own).
+        accelerator.state.fsdp_plugin = plugin
+        accelerator.state.distributed_type = DistributedType.FSDP
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    return accelerator
+
+
 def train(args: TrainArgs, data=None) -> str:
     """Run one stage; returns the folder of the final model.
 
     data: optional source of global batches instead of the tiny world or --data, with the interface of
     TinyWorldData (the reversal experiment, genjo/reversal.py, trains on its own facts this way).
     """
-    from accelerate import Accelerator
     from accelerate.utils import DistributedType
 
     use_cuda = torch.cuda.is_available()
     precision = {"auto": "bf16" if use_cuda else "no"}.get(args.mixed_precision, args.mixed_precision)
-    accelerator = Accelerator(mixed_precision=precision, cpu=not use_cuda)
+    accelerator = make_accelerator(precision, cpu=not use_cuda)
     rank, world = accelerator.process_index, accelerator.num_processes
     check_args(args, world)
     fsdp = accelerator.distributed_type == DistributedType.FSDP
