@@ -15,6 +15,7 @@ import functools
 import json
 import math
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -76,6 +77,12 @@ def micro_slices(tensor, rows: slice, n: int) -> list:
 # ----------------------------------------------------------------------------- evaluation
 
 
+def heldout_share(args: TrainArgs, rank: int = 0, world_size: int = 1) -> list:
+    """This process's share of the fixed held-out problems (every world_size-th, from rank on)."""
+    problems = tinyworld.sample_problems(args.eval_problems * len(tinyworld.FAMILIES), seed=10_000, split="heldout")
+    return problems[rank::world_size]
+
+
 def evaluate(
     model, tokenizer, args: TrainArgs, rank: int = 0, world_size: int = 1, progress: bool = False
 ) -> tuple[dict[str, float], int]:
@@ -84,8 +91,7 @@ def evaluate(
     The answers use the tiny world's own sampler settings (tinyworld.SAMPLER_DEFAULTS), whatever the model
     under training has in its config.
     """
-    problems = tinyworld.sample_problems(args.eval_problems * len(tinyworld.FAMILIES), seed=10_000, split="heldout")
-    mine = problems[rank::world_size]
+    mine = heldout_share(args, rank, world_size)
     was_training = model.training
     model.eval()
     accuracy = family_accuracy(model, tokenizer, mine, progress=progress, **tinyworld.SAMPLER_DEFAULTS)
@@ -186,12 +192,16 @@ def gathered_accuracy(model, tokenizer, args, accelerator) -> dict[str, float]:
     acc, n = evaluate(model, tokenizer, args, accelerator.process_index, accelerator.num_processes,
                       progress=accelerator.is_main_process)  # fmt: skip
     keys = list(tinyworld.FAMILIES) + ["all"]
-    per_family = len(tinyworld.FAMILIES) and n // len(tinyworld.FAMILIES)
-    counts = torch.tensor([acc.get(k, 0.0) * (n if k == "all" else per_family) for k in keys], dtype=torch.float64)
-    totals = torch.tensor([n if k == "all" else per_family for k in keys], dtype=torch.float64)
+    # A share need not hold every family equally (the problems cycle through the families, so with 2 processes
+    # each gets two of the four): weigh each family's accuracy by this share's own count of it.
+    share = Counter(problem.family for problem in heldout_share(args, accelerator.process_index,
+                                                                accelerator.num_processes))  # fmt: skip
+    share["all"] = n
+    counts = torch.tensor([acc.get(k, 0.0) * share[k] for k in keys], dtype=torch.float64)
+    totals = torch.tensor([share[k] for k in keys], dtype=torch.float64)
     counts = accelerator.reduce(counts.to(accelerator.device), reduction="sum").cpu()
     totals = accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
-    return {k: round(float(c / t), 4) for k, c, t in zip(keys, counts, totals)}
+    return {k: round(float(c / t), 4) if t else 0.0 for k, c, t in zip(keys, counts, totals)}
 
 
 def make_accelerator(mixed_precision: str, cpu: bool):
