@@ -181,3 +181,22 @@ def test_fsdp_on_two_cpu_processes_trains_resumes_and_exports_like_one_process(t
     sharded, single = load_model(str(final))[0].state_dict(), load_model(str(tmp_path / "one" / "final"))[0]
     for name, weight in single.state_dict().items():
         torch.testing.assert_close(sharded[name], weight, rtol=0, atol=1e-5)
+
+
+def test_a_run_resumes_only_the_way_it_was_saved_with_or_without_fsdp(tmp_path):
+    """An FSDP checkpoint (optimizer shards in last/optimizer) resumed by one process, or a one-process checkpoint
+    resumed under FSDP: a ValueError saying how the run was saved (before: 'not a complete training state')."""
+    from genjo.train.loop import load_training_state
+
+    sharded = tmp_path / "fsdp" / "last"
+    (sharded / "optimizer").mkdir(parents=True)
+    torch.save({"step": 1, "tokens": 8, "data": {}, "world_size": 2}, sharded / "training_state.pt")
+    with pytest.raises(ValueError, match=r"saved under FSDP by 2 processes .* resume it under FSDP"):
+        load_training_state(sharded / "training_state.pt", fsdp=False)
+    assert load_training_state(sharded / "training_state.pt", fsdp=True)["step"] == 1
+    whole = tmp_path / "one" / "last"
+    whole.mkdir(parents=True)
+    torch.save({"step": 1, "tokens": 8, "data": {}, "optimizer": {}, "world_size": 1}, whole / "training_state.pt")
+    with pytest.raises(ValueError, match=r"saved without FSDP .* resume it as it was run"):
+        load_training_state(whole / "training_state.pt", fsdp=True)
+    assert load_training_state(whole / "training_state.pt", fsdp=False)["step"] == 1

@@ -170,6 +170,16 @@ def load_training_state(path: Path, fsdp: bool) -> dict:
     except Exception as error:  # a truncated or foreign file: EOFError, UnpicklingError, IndexError, RuntimeError...
         raise ValueError(f"{path} cannot be read as a training state ({type(error).__name__}: {error}); "
                          f"{fix}.") from None  # fmt: skip
+    # Under FSDP the optimizer state is sharded in FOLDER/optimizer, otherwise it is in the state file: a run
+    # resumes only the way it was saved.
+    sharded = isinstance(state, dict) and "optimizer" not in state and (path.parent / "optimizer").is_dir()
+    if sharded and not fsdp:
+        raise ValueError(f"{path.parent} was saved under FSDP by {state.get('world_size', 'several')} processes "
+                         "(its optimizer state is sharded in optimizer/); resume it under FSDP with as many "
+                         "processes (accelerate launch --config_file ...) or start over with --no-resume.")  # fmt: skip
+    if fsdp and isinstance(state, dict) and "optimizer" in state:
+        raise ValueError(f"{path.parent} was saved without FSDP (its optimizer state is in {path.name}); resume it "
+                         "as it was run (one process or data-parallel), or start again with --no-resume.")  # fmt: skip
     needed = ("step", "tokens", "data") if fsdp else ("step", "tokens", "data", "optimizer")
     missing = [key for key in needed if not isinstance(state, dict) or key not in state]
     if missing:
