@@ -139,3 +139,64 @@ def test_a_schedule_shorter_than_its_warm_up_warns():
         check_args(TrainArgs(steps=10, warmup_steps=50))
     with pytest.raises(ValueError, match="divisible by the number of processes"):
         check_args(TrainArgs(batch_size=6, grad_accum=4))
+
+
+def launch_fsdp(stage: str, flags: list[str], wrap: str = "GenjoBlock") -> str:
+    """`accelerate launch --config_file configs/fsdp_cpu_2proc.yaml -m genjo.train STAGE FLAGS`: FSDP2 over 2 CPU
+    processes (gloo, fp32), one `wrap` block per unit; returns the output, after checking the run was sharded."""
+    pytest.importorskip("accelerate")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "configs" / "fsdp_cpu_2proc.yaml"), "--fsdp_transformer_layer_cls_to_wrap", wrap,
+               "--main_process_port", str(free_port()), "-m", "genjo.train", stage, *flags]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "2 process(es)" in result.stdout
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_cpu_processes_trains_resumes_and_exports_like_one_process(tmp_path, one_thread):
+    """SFT from the embedded instruct model: the sharded run, stopped after step 1 and resumed from its FSDP
+    optimizer shards, gives the single process's losses and held-out accuracy, and exports a loadable folder."""
+    from genjo import load_model
+    from genjo.train import main
+
+    init = ROOT / "genjo" / "checkpoints" / "genjo-tiny-instruct"
+    flags = ["--init", str(init), "--steps", "2", "--batch-size", "8", "--lr", "1e-4", "--warmup-steps", "1",
+             "--eval-every", "1", "--eval-problems", "2", "--save-every", "1000"]  # fmt: skip
+    main(["sft", *flags, "--run-dir", str(tmp_path / "one"), "--no-resume"])
+    launch_fsdp("sft", [*flags, "--run-dir", str(tmp_path / "fsdp"), "--no-resume", "--stop-at", "1"])
+    assert len(list((tmp_path / "fsdp" / "last" / "optimizer").iterdir())) > 0  # the sharded optimizer state
+    assert "steps 1..2" in launch_fsdp("sft", [*flags, "--run-dir", str(tmp_path / "fsdp")])  # resumed
+    one, fsdp = curve(tmp_path / "one"), curve(tmp_path / "fsdp")
+    assert [r["step"] for r in one] == [r["step"] for r in fsdp] == [1, 2]
+    for a, b in zip(one, fsdp):
+        assert a["tokens"] == b["tokens"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+        assert b["accuracy"] == a["accuracy"]  # every family's, gathered from the two shares
+    # The export carries genjo's modeling code (not torch's FSDP classes) and the single process's weights.
+    final = tmp_path / "fsdp" / "final"
+    assert (final / "modeling_genjo.py").exists() and not list(final.glob("_fsdp*.py"))
+    sharded, single = load_model(str(final))[0].state_dict(), load_model(str(tmp_path / "one" / "final"))[0]
+    for name, weight in single.state_dict().items():
+        torch.testing.assert_close(sharded[name], weight, rtol=0, atol=1e-5)
+
+
+def test_a_run_resumes_only_the_way_it_was_saved_with_or_without_fsdp(tmp_path):
+    """An FSDP checkpoint (optimizer shards in last/optimizer) resumed by one process, or a one-process checkpoint
+    resumed under FSDP: a ValueError saying how the run was saved (before: 'not a complete training state')."""
+    from genjo.train.loop import load_training_state
+
+    sharded = tmp_path / "fsdp" / "last"
+    (sharded / "optimizer").mkdir(parents=True)
+    torch.save({"step": 1, "tokens": 8, "data": {}, "world_size": 2}, sharded / "training_state.pt")
+    with pytest.raises(ValueError, match=r"saved under FSDP by 2 processes .* resume it under FSDP"):
+        load_training_state(sharded / "training_state.pt", fsdp=False)
+    assert load_training_state(sharded / "training_state.pt", fsdp=True)["step"] == 1
+    whole = tmp_path / "one" / "last"
+    whole.mkdir(parents=True)
+    torch.save({"step": 1, "tokens": 8, "data": {}, "optimizer": {}, "world_size": 1}, whole / "training_state.pt")
+    with pytest.raises(ValueError, match=r"saved without FSDP .* resume it as it was run"):
+        load_training_state(whole / "training_state.pt", fsdp=True)
+    assert load_training_state(whole / "training_state.pt", fsdp=False)["step"] == 1

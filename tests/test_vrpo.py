@@ -328,3 +328,37 @@ def test_bad_prompt_lines_of_the_pairs_helper_name_the_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"prompts.jsonl:2: each line must be like"):
         read_prompts(path)
     assert read_prompts(write_lines(tmp_path / "ok.jsonl", [good, good])) == [good, good]
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_cpu_processes_shards_a_moe_reference_and_gives_the_numbers_of_one(vrpo_files, tiny_tokenizer,
+                                                                                       one_thread):  # fmt: skip
+    """VRPO of a LLaDA-MoE model under FSDP2 (2 CPU processes, one GenjoMoeBlock per unit), policy and frozen
+    reference both sharded: the losses, router losses and held-out margins of one process."""
+    from test_train import launch_fsdp
+
+    from genjo.train import TrainArgs, main, new_model, save_checkpoint
+
+    torch.manual_seed(0)
+    moe = new_model(TrainArgs(d_model=32, n_layers=2, n_heads=2, mlp_hidden_size=64, num_experts=4,
+                              experts_per_token=2), tiny_tokenizer)  # fmt: skip
+    save_checkpoint(moe, tiny_tokenizer, str(vrpo_files / "sft-moe"))
+    flags = ["--init", str(vrpo_files / "sft-moe"), "--data", str(vrpo_files / "prefs.jsonl"), "--steps", "3",
+             "--batch-size", "4", "--budget", "2", "--lr", "1e-3", "--warmup-steps", "1", "--eval-every", "1",
+             "--save-every", "3", "--eval-fraction", "0.2", "--eval-rows", "8", "--no-resume", "--shuffle-buffer",
+             "8"]  # fmt: skip
+    # --grad-accum 4 in one process, 2 in each of two: micro-batches of one pair in both, so that the routers'
+    # load-balancing loss (not additive over rows) is taken over the same rows
+    main(["vrpo", *flags, "--grad-accum", "4", "--run-dir", str(vrpo_files / "moe-one")])
+    flags += ["--grad-accum", "2", "--run-dir", str(vrpo_files / "moe-fsdp")]
+    launch_fsdp("vrpo", flags, wrap="GenjoMoeBlock")
+    one, fsdp = curve(vrpo_files / "moe-one"), curve(vrpo_files / "moe-fsdp")
+    assert [r["step"] for r in one] == [r["step"] for r in fsdp] == [1, 2, 3]
+    # step 1: policy = reference, computed alike (fp32 both), so the loss is log 2 exactly, as in one process
+    assert fsdp[0]["loss"] == one[0]["loss"] == pytest.approx(math.log(2), abs=1e-7)
+    for a, b in zip(one, fsdp):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+        assert b["router_loss"] == pytest.approx(a["router_loss"], rel=1e-4)
+        assert b["pref_loss"] == pytest.approx(a["pref_loss"], rel=1e-4)
+        assert b["pref_margin"] == pytest.approx(a["pref_margin"], abs=1e-5)
+        assert b["pref_accuracy"] == a["pref_accuracy"]

@@ -15,6 +15,7 @@ import functools
 import json
 import math
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -76,6 +77,12 @@ def micro_slices(tensor, rows: slice, n: int) -> list:
 # ----------------------------------------------------------------------------- evaluation
 
 
+def heldout_share(args: TrainArgs, rank: int = 0, world_size: int = 1) -> list:
+    """This process's share of the fixed held-out problems (every world_size-th, from rank on)."""
+    problems = tinyworld.sample_problems(args.eval_problems * len(tinyworld.FAMILIES), seed=10_000, split="heldout")
+    return problems[rank::world_size]
+
+
 def evaluate(
     model, tokenizer, args: TrainArgs, rank: int = 0, world_size: int = 1, progress: bool = False
 ) -> tuple[dict[str, float], int]:
@@ -84,8 +91,7 @@ def evaluate(
     The answers use the tiny world's own sampler settings (tinyworld.SAMPLER_DEFAULTS), whatever the model
     under training has in its config.
     """
-    problems = tinyworld.sample_problems(args.eval_problems * len(tinyworld.FAMILIES), seed=10_000, split="heldout")
-    mine = problems[rank::world_size]
+    mine = heldout_share(args, rank, world_size)
     was_training = model.training
     model.eval()
     accuracy = family_accuracy(model, tokenizer, mine, progress=progress, **tinyworld.SAMPLER_DEFAULTS)
@@ -164,6 +170,16 @@ def load_training_state(path: Path, fsdp: bool) -> dict:
     except Exception as error:  # a truncated or foreign file: EOFError, UnpicklingError, IndexError, RuntimeError...
         raise ValueError(f"{path} cannot be read as a training state ({type(error).__name__}: {error}); "
                          f"{fix}.") from None  # fmt: skip
+    # Under FSDP the optimizer state is sharded in FOLDER/optimizer, otherwise it is in the state file: a run
+    # resumes only the way it was saved.
+    sharded = isinstance(state, dict) and "optimizer" not in state and (path.parent / "optimizer").is_dir()
+    if sharded and not fsdp:
+        raise ValueError(f"{path.parent} was saved under FSDP by {state.get('world_size', 'several')} processes "
+                         "(its optimizer state is sharded in optimizer/); resume it under FSDP with as many "
+                         "processes (accelerate launch --config_file ...) or start over with --no-resume.")  # fmt: skip
+    if fsdp and isinstance(state, dict) and "optimizer" in state:
+        raise ValueError(f"{path.parent} was saved without FSDP (its optimizer state is in {path.name}); resume it "
+                         "as it was run (one process or data-parallel), or start again with --no-resume.")  # fmt: skip
     needed = ("step", "tokens", "data") if fsdp else ("step", "tokens", "data", "optimizer")
     missing = [key for key in needed if not isinstance(state, dict) or key not in state]
     if missing:
@@ -186,12 +202,48 @@ def gathered_accuracy(model, tokenizer, args, accelerator) -> dict[str, float]:
     acc, n = evaluate(model, tokenizer, args, accelerator.process_index, accelerator.num_processes,
                       progress=accelerator.is_main_process)  # fmt: skip
     keys = list(tinyworld.FAMILIES) + ["all"]
-    per_family = len(tinyworld.FAMILIES) and n // len(tinyworld.FAMILIES)
-    counts = torch.tensor([acc.get(k, 0.0) * (n if k == "all" else per_family) for k in keys], dtype=torch.float64)
-    totals = torch.tensor([n if k == "all" else per_family for k in keys], dtype=torch.float64)
+    # A share need not hold every family equally (the problems cycle through the families, so with 2 processes
+    # each gets two of the four): weigh each family's accuracy by this share's own count of it.
+    share = Counter(problem.family for problem in heldout_share(args, accelerator.process_index,
+                                                                accelerator.num_processes))  # fmt: skip
+    share["all"] = n
+    counts = torch.tensor([acc.get(k, 0.0) * share[k] for k in keys], dtype=torch.float64)
+    totals = torch.tensor([share[k] for k in keys], dtype=torch.float64)
     counts = accelerator.reduce(counts.to(accelerator.device), reduction="sum").cpu()
     totals = accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
-    return {k: round(float(c / t), 4) for k, c, t in zip(keys, counts, totals)}
+    return {k: round(float(c / t), 4) if t else 0.0 for k, c, t in zip(keys, counts, totals)}
+
+
+def make_accelerator(mixed_precision: str, cpu: bool):
+    """The run's Accelerator; an FSDP config on CPU processes (``use_cpu: true``) gets FSDP2 sharding, as on GPUs.
+
+    accelerate (1.x, state.py) turns an FSDP config into FSDP only for GPU-like distributed types: CPU processes
+    launched with one come out as MULTI_CPU, i.e. plain data parallelism, with the config's sharding silently
+    dropped. FSDP2 itself (``fully_shard`` over a gloo process group) runs on CPU, so Genjo sets the state's
+    distributed type to FSDP with the config's plugin (read from the environment the launcher sets), as
+    accelerate does on GPUs. This is what lets configs/fsdp_cpu_2proc.yaml check the FSDP path on a CPU machine.
+    Runs without an FSDP config (one process, DDP) are left as accelerate makes them.
+    """
+    import os
+
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    fsdp_config = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if fsdp_config and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        plugin = FullyShardedDataParallelPlugin()  # the config's fsdp_* settings, from the launcher's FSDP_* variables
+        if plugin.fsdp_version != 2:
+            raise ValueError(f"FSDP on CPU processes runs as FSDP2 only; the accelerate config has fsdp_version "
+                             f"{plugin.fsdp_version}: set fsdp_version: 2 (configs/fsdp_cpu_2proc.yaml).")  # fmt: skip
+        if accelerator.mixed_precision != "no":
+            plugin.set_mixed_precision(accelerator.mixed_precision)
+        # What AcceleratorState.__init__ does for GPUs: the plugin and the type, in both shared states (each later
+        # AcceleratorState() copies PartialState's type over its own).
+        accelerator.state.fsdp_plugin = plugin
+        accelerator.state.distributed_type = DistributedType.FSDP
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    return accelerator
 
 
 def train(args: TrainArgs, data=None) -> str:
@@ -200,12 +252,11 @@ def train(args: TrainArgs, data=None) -> str:
     data: optional source of global batches instead of the tiny world or --data, with the interface of
     TinyWorldData (the reversal experiment, genjo/reversal.py, trains on its own facts this way).
     """
-    from accelerate import Accelerator
     from accelerate.utils import DistributedType
 
     use_cuda = torch.cuda.is_available()
     precision = {"auto": "bf16" if use_cuda else "no"}.get(args.mixed_precision, args.mixed_precision)
-    accelerator = Accelerator(mixed_precision=precision, cpu=not use_cuda)
+    accelerator = make_accelerator(precision, cpu=not use_cuda)
     rank, world = accelerator.process_index, accelerator.num_processes
     check_args(args, world)
     fsdp = accelerator.distributed_type == DistributedType.FSDP

@@ -2,6 +2,7 @@
 checkpointing; and saving a usable checkpoint folder."""
 
 import functools
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -132,8 +133,32 @@ def write_checkpoint(model, tokenizer, folder, sampler_defaults: Optional[dict] 
     """
     if sampler_defaults is not None:
         model.config.sampler_defaults = sampler_defaults
-    model.save_pretrained(str(folder), state_dict=state_dict)
+    with own_class(model):
+        model.save_pretrained(str(folder), state_dict=state_dict)
     tokenizer.save_pretrained(str(folder))
+
+
+@contextmanager
+def own_class(model):
+    """The model seen as its own class (GenjoModelLM, GenjoMoeModelLM) inside the block, when FSDP2 sharded it.
+
+    ``fully_shard`` swaps a model's class for a subclass made on the fly (``FSDPGenjoModelLM``, defined in
+    torch's FSDP code), and save_pretrained copies the file that defines the model's class, and the files it
+    imports, beside the weights: torch's ``_fsdp_*.py`` instead of genjo's modeling code, which the config's
+    auto_map names. Saving as the own class writes the modeling code; the weights come from the full state_dict
+    gathered beforehand, so the FSDP hooks are not needed while saving. A model that is not sharded is unchanged.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded_class = type(model)
+    if not isinstance(model, FSDPModule):
+        yield model
+        return
+    model.__class__ = next(c for c in sharded_class.__mro__ if not issubclass(c, FSDPModule))
+    try:
+        yield model
+    finally:
+        model.__class__ = sharded_class
 
 
 def save_checkpoint(model, tokenizer, folder: str, sampler_defaults: Optional[dict] = None, state_dict=None) -> None:

@@ -320,21 +320,31 @@ def preference_metrics(model, parts: list, stored_reference: list, beta: float, 
 def load_reference(folder: str, accelerator, fsdp: bool):
     """The frozen reference model (the --init checkpoint): on this process's device, no gradients, eval mode.
 
-    Under FSDP it is sharded like the policy (FSDP2 ``fully_shard``, one GenjoBlock per unit, bf16 compute), so
-    each GPU holds 1 / N of it (docs/vrpo.md, "The 8B"). The FSDP path has not been run on GPUs yet.
+    Under FSDP it is sharded like the policy (FSDP2 ``fully_shard``, one block per unit, GenjoBlock or
+    GenjoMoeBlock, then the root), with the policy's mixed precision (the accelerate config's: bf16 compute on
+    GPUs, none in fp32), so each process holds 1 / N of it (docs/vrpo.md, "The 8B"): at step 1 the policy and
+    the reference then give the same estimates, as in one process. Its weights are process 0's, broadcast into
+    every shard, as accelerate does for the policy: the same whether or not transformers read the checkpoint on
+    the other processes (5.x does; ``fsdp_cpu_ram_efficient_loading`` asks it not to). Run on 2 CPU processes
+    (gloo, fp32, configs/fsdp_cpu_2proc.yaml); not on GPUs.
     """
-    from .model import load_training_model
+    from .model import load_training_model, model_blocks
 
     reference = load_training_model(folder)
     reference.requires_grad_(False)
     reference.eval()
     if not fsdp:  # on the device, with the policy's autocast (bf16 on CUDA), never wrapped for data parallelism
         return accelerator.prepare_model(reference, evaluation_mode=True)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    # The full weights of process 0, kept (as references, not copies) while fully_shard replaces the parameters.
+    full_weights = reference.state_dict() if accelerator.is_main_process else {}
+    policy = accelerator.state.fsdp_plugin.mixed_precision_policy or MixedPrecisionPolicy()
     reference.to(accelerator.device)
-    for block in reference.model.transformer.blocks:
+    for block in model_blocks(reference):
         fully_shard(block, mp_policy=policy)
     fully_shard(reference, mp_policy=policy)
+    set_model_state_dict(reference, full_weights, options=StateDictOptions(full_state_dict=True,
+                                                                           broadcast_from_rank0=True))  # fmt: skip
     return reference
