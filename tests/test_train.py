@@ -200,3 +200,16 @@ def test_a_run_resumes_only_the_way_it_was_saved_with_or_without_fsdp(tmp_path):
     with pytest.raises(ValueError, match=r"saved without FSDP .* resume it as it was run"):
         load_training_state(whole / "training_state.pt", fsdp=True)
     assert load_training_state(whole / "training_state.pt", fsdp=False)["step"] == 1
+
+
+def test_the_learning_curve_restarts_with_the_run_and_keeps_no_record_past_a_resumed_checkpoint(tmp_path):
+    common = dict(d_model=32, n_layers=2, n_heads=2, mlp_hidden_size=64, batch_size=8, lr=3e-3, warmup_steps=2,
+                  eval_every=2, save_every=4, seq_len=32, run_dir=str(tmp_path / "run"))  # fmt: skip
+    train(TrainArgs(stage="pretrain", steps=4, **common))  # its checkpoint: step 4
+    path = tmp_path / "run" / "learning_curve.jsonl"
+    # a crash after the record of step 6 and half of step 7's were written, the checkpoint still at step 4
+    path.write_text(path.read_text() + '{"step": 6, "loss": 1.0}\n{"step": 7, "lo')
+    train(TrainArgs(stage="pretrain", steps=8, **common))  # resumes at step 4: steps 6 and 8 once each
+    assert [r["step"] for r in curve(tmp_path / "run")] == [2, 4, 6, 8]
+    train(TrainArgs(stage="pretrain", steps=2, resume=False, **common))  # started over: a new curve
+    assert [r["step"] for r in curve(tmp_path / "run")] == [2]

@@ -295,7 +295,9 @@ def test_the_vrpo_command_line_has_its_own_defaults():
 def test_two_processes_under_accelerate_give_the_numbers_of_one(vrpo_files, tmp_path):
     from test_train import free_port
 
-    train(vrpo_args(vrpo_files, "one", grad_accum=2, steps=4, eval_every=1))
+    # the command line's vrpo defaults (VRPO_DEFAULTS) where they differ from TrainArgs'
+    cli_defaults = dict(weight_decay=0.0, min_lr=1e-5, sft_max_len=512)
+    train(vrpo_args(vrpo_files, "one", grad_accum=2, steps=4, eval_every=1, **cli_defaults))
     flags = ["--init", str(vrpo_files / "sft"), "--data", str(vrpo_files / "prefs.jsonl"), "--steps", "4",
              "--batch-size", "4", "--budget", "2", "--lr", "1e-3", "--warmup-steps", "1", "--eval-every", "1",
              "--save-every", "3", "--eval-fraction", "0.2", "--eval-rows", "8", "--no-resume", "--shuffle-buffer",

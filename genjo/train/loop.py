@@ -214,6 +214,23 @@ def gathered_accuracy(model, tokenizer, args, accelerator) -> dict[str, float]:
     return {k: round(float(c / t), 4) if t else 0.0 for k, c, t in zip(keys, counts, totals)}
 
 
+def trim_learning_curve(path: Path, start_step: int) -> None:
+    """Keep the learning-curve records of steps up to start_step: a run started over (0) begins a new curve, and a
+    resumed one drops the records written after its checkpoint, which it writes again. A torn last line (a
+    write cut short) is dropped too."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= start_step:
+            kept.append(line + "\n")
+    write_text_atomic(path, "".join(kept))
+
+
 def make_accelerator(mixed_precision: str, cpu: bool):
     """The run's Accelerator; an FSDP config on CPU processes (``use_cpu: true``) gets FSDP2 sharding, as on GPUs.
 
@@ -293,6 +310,8 @@ def train(args: TrainArgs, data=None) -> str:
         raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but the model only {model.config.embedding_size} "
                          "embeddings; pass the tokenizer the model was trained with (--tokenizer).")  # fmt: skip
     start_step = state["step"] if state else 0
+    if accelerator.is_main_process:
+        trim_learning_curve(run_dir / CURVE_FILE, start_step)
     mask_id = model.config.mask_token_id
     eos_id = tokenizer.eos_token_id  # ends each packed document (document-level attention masks)
     if args.gradient_checkpointing:
