@@ -43,13 +43,17 @@ def first_turns(n: int, seed: int, split: str) -> list[tuple[list[dict], str]]:
             for p in tinyworld.sample_problems(n, seed, SECOND_FAMILIES, split)]  # fmt: skip
 
 
-def accuracy(model, tokenizer, n: int, seed: int = 12345) -> dict[str, float]:
-    """Exact match on n held-out second turns and n held-out first turns (greedy, the checkpoint's settings)."""
+def accuracy(model, tokenizer, n: int, seed: int = 12345, turns: str = "both") -> dict[str, float]:
+    """Exact match on n held-out first turns and n held-out second turns (greedy, the checkpoint's settings);
+    turns: "both", "first" or "second"."""
     from genjo.train.pairs import sample_answers
 
-    second, first = conversations(n, seed, "heldout"), first_turns(n, seed, "heldout")
+    kinds = {"first turn": first_turns, "second turn": conversations}
     scores = {}
-    for name, items in (("first turn", first), ("second turn", second)):
+    for name, make in kinds.items():
+        if turns != "both" and not name.startswith(turns):
+            continue
+        items = make(n, seed, "heldout")
         answers = sample_answers(model, tokenizer, [m for m, _ in items], temperature=0.0)
         scores[name] = sum(own[0] == answer for own, (_, answer) in zip(answers, items)) / len(items)
     return scores
@@ -71,6 +75,9 @@ def main(argv=None) -> None:
     scores = sub.add_parser("accuracy", help="exact match on held-out first and second turns")
     scores.add_argument("--model", default=None, help="checkpoint (default: the embedded instruct model)")
     scores.add_argument("--n", type=int, default=128, help="questions of each kind (default: %(default)s)")
+    scores.add_argument("--seed", type=int, default=12345, help="seed of the questions (default: %(default)s)")
+    scores.add_argument("--turns", default="both", choices=["both", "first", "second"],
+                        help="which questions to ask (default: %(default)s)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.command == "prompts":
         with open(args.output, "w") as f:
@@ -81,7 +88,8 @@ def main(argv=None) -> None:
     from genjo import load_model
 
     model, tokenizer = load_model(args.model) if args.model else load_model()
-    print(json.dumps({k: round(100 * v, 1) for k, v in accuracy(model, tokenizer, args.n).items()}))
+    scores = accuracy(model, tokenizer, args.n, args.seed, args.turns)
+    print(json.dumps({k: round(100 * v, 2) for k, v in scores.items()}))
 
 
 if __name__ == "__main__":
