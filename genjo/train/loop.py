@@ -26,7 +26,14 @@ from tqdm.auto import tqdm
 
 from .. import tinyworld
 from ..evaluation import family_accuracy
-from ..storage import commit_folder, prepare_staging, recover_folder, staging_folder, write_text_atomic
+from ..storage import (
+    commit_folder,
+    prepare_staging,
+    read_lines,
+    recover_folder,
+    staging_folder,
+    write_text_atomic,
+)
 from ..tokenizer import build_tokenizer
 from .args import TrainArgs, check_args
 from .data import row_attention, training_data
@@ -221,7 +228,7 @@ def trim_learning_curve(path: Path, start_step: int) -> None:
     if not path.exists():
         return
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_lines(path, complete_only=True):  # a torn last line has no newline: dropped here
         try:
             record = json.loads(line)
         except ValueError:
